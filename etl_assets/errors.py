@@ -1,0 +1,130 @@
+"""The error model: what may be retried, what is one bad record, what must stop the run.
+
+Every exception that crosses the Postgres layer is mapped here, in ONE place, by class
+and SQLSTATE (never by message text, which Postgres localizes). Three outcomes:
+
+* ``RetryableError``: transient (connection lost, server restarting, out of resources,
+  serialization failure, statement timeout). The batch is retried, bounded.
+* ``RecordError``: the data of one or more records is unacceptable (SQLSTATE classes 22
+  and 23, or asyncpg failing to encode a value). Retrying cannot help; the batch is
+  bisected to find the bad rows, which are dead-lettered.
+* ``FatalError``: anything else. Unknown errors are fatal: silently retrying a bug or
+  isolating a schema mismatch record by record would hide an outage.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+import asyncpg.exceptions as pgexc
+from asyncpg.exceptions import _base as pgbase
+
+__all__ = [
+    "CircuitBreakerOpenError",
+    "ConfigurationError",
+    "EtlError",
+    "FatalError",
+    "LoadIntegrityError",
+    "RecordError",
+    "RetryableError",
+    "classify",
+]
+
+# SQLSTATE classes and codes that are transient by nature.
+_RETRYABLE_SQLSTATE_CLASSES = frozenset({"08", "53", "57"})  # connection, resources, operator
+_RETRYABLE_SQLSTATES = frozenset(
+    {
+        "40001",  # serialization_failure
+        "40P01",  # deadlock_detected
+        "55P03",  # lock_not_available
+        "58000",  # system_error (I/O hiccup on the server)
+    }
+)
+# 57P04 database_dropped is in class 57 but will never heal by waiting.
+_FATAL_SQLSTATES = frozenset({"57P04"})
+# Data exceptions and integrity violations: caused by a record's values.
+_RECORD_SQLSTATE_CLASSES = frozenset({"22", "23"})
+
+
+class EtlError(Exception):
+    """Base of every error this package raises on purpose."""
+
+    sqlstate: str | None = None
+
+    def __init__(self, message: str, *, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+class RetryableError(EtlError):
+    """Transient: the same work may succeed if tried again after a pause."""
+
+
+class RecordError(EtlError):
+    """The data of a record is unacceptable to the target; dead-letter it, do not retry."""
+
+    detail: str | None = None
+
+    def __init__(
+        self, message: str, *, sqlstate: str | None = None, detail: str | None = None
+    ) -> None:
+        super().__init__(message, sqlstate=sqlstate)
+        self.detail = detail
+
+
+class FatalError(EtlError):
+    """Stops the load and fails the run: retrying or isolating records cannot help."""
+
+
+class ConfigurationError(FatalError):
+    """The user's configuration is wrong; the message says what to change."""
+
+
+class CircuitBreakerOpenError(FatalError):
+    """Too many records failed: a systemic problem, not a few bad records."""
+
+
+class LoadIntegrityError(FatalError):
+    """An audit found the numbers do not add up; nothing was published."""
+
+
+def classify(exc: BaseException) -> EtlError:
+    """Map an exception from asyncpg or the OS to one of the three outcomes.
+
+    The returned error carries the SQLSTATE (when there is one) and a message without
+    connection secrets; callers raise it ``from exc`` so the original stays visible.
+    """
+    if isinstance(exc, EtlError):
+        return exc
+    if isinstance(exc, asyncpg.PostgresError):
+        return _classify_postgres(exc)
+    if isinstance(exc, pgbase.DataError):
+        # asyncpg could not encode a Python value for the column type (client side).
+        return RecordError(f"value cannot be encoded: {exc}", sqlstate=None)
+    if isinstance(exc, pgbase.ClientConfigurationError | pgbase.UnsupportedClientFeatureError):
+        return ConfigurationError(f"asyncpg configuration: {exc}")
+    if isinstance(exc, pgbase.InterfaceError):
+        # "connection is closed" and friends: the connection went away under us.
+        return RetryableError(f"connection unusable: {exc}")
+    if isinstance(exc, TimeoutError | OSError):
+        # ConnectionRefusedError, ConnectionResetError, socket timeouts, DNS failures.
+        return RetryableError(f"network: {type(exc).__name__}: {exc}")
+    return FatalError(f"unexpected {type(exc).__name__}: {exc}")
+
+
+def _classify_postgres(exc: asyncpg.PostgresError) -> EtlError:
+    sqlstate: str = exc.sqlstate or ""
+    message = f"{type(exc).__name__} [{sqlstate}]: {exc}"
+    if isinstance(exc, pgexc.InvalidAuthorizationSpecificationError | pgexc.InvalidPasswordError):
+        return ConfigurationError(
+            f"PostgreSQL refused the credentials [{sqlstate}]; check the DSN's user and password",
+            sqlstate=sqlstate,
+        )
+    if sqlstate in _FATAL_SQLSTATES:
+        return FatalError(message, sqlstate=sqlstate)
+    if sqlstate in _RETRYABLE_SQLSTATES or sqlstate[:2] in _RETRYABLE_SQLSTATE_CLASSES:
+        return RetryableError(message, sqlstate=sqlstate)
+    if isinstance(exc, pgexc.PostgresConnectionError):
+        return RetryableError(message, sqlstate=sqlstate)
+    if sqlstate[:2] in _RECORD_SQLSTATE_CLASSES:
+        return RecordError(message, sqlstate=sqlstate, detail=getattr(exc, "detail", None))
+    return FatalError(message, sqlstate=sqlstate)

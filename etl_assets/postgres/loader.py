@@ -1,0 +1,393 @@
+"""Load one partition: stream records into bounded batches, write them concurrently,
+account for every record, and (replace mode) audit and publish.
+
+Memory is bounded by ``batch_size * (writers + queue_depth + 1)`` records whatever the
+partition size: the producer cuts the iterator into materialized batches (a batch must
+be replayable on retry, so never a generator consumed once) and blocks on a bounded
+queue. Writers run under one ``asyncio.TaskGroup``: one failure cancels the others and
+reaches the caller; no task can die quietly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import itertools
+import logging
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import pydantic
+import stamina
+
+from etl_assets.errors import (
+    CircuitBreakerOpenError,
+    ConfigurationError,
+    FatalError,
+    RetryableError,
+    classify,
+)
+from etl_assets.postgres.ledger import LedgerTables, PartitionTotals
+from etl_assets.postgres.publish import ReplacePublisher, TargetKind, audit, inspect_target
+from etl_assets.postgres.target import TableTarget, WriteMode
+from etl_assets.postgres.writer import (
+    DRIVER_ERRORS,
+    BatchResult,
+    BatchWriter,
+    Log,
+    PreparedBatch,
+    RetryPolicy,
+    batch_digest,
+)
+from etl_assets.records import DeadLetter, RecordShaper, payload_json
+
+__all__ = ["LoadReport", "LoadSettings", "load_partition", "resolve_load_id"]
+
+_DDL_LOCK = 0x65746C5F  # "etl_": serializes DDL of concurrent loads (CREATE IF NOT EXISTS races)
+_SAMPLE = 10
+
+
+@dataclass(frozen=True, slots=True)
+class LoadSettings:
+    """Knobs of one load, with defaults that suit a 2-core machine and a local server."""
+
+    batch_size: int = 10_000
+    writers: int = 3
+    queue_depth: int = 2
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    max_dead_letter_ratio: float = 0.05
+    min_sample: int = 1_000
+    ledger_schema: str = "etl"
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.writers < 1 or self.queue_depth < 0:
+            raise ConfigurationError("batch_size and writers must be >= 1, queue_depth >= 0")
+        if not 0 <= self.max_dead_letter_ratio <= 1:
+            raise ConfigurationError("max_dead_letter_ratio is a share between 0 and 1")
+
+
+@dataclass(frozen=True, slots=True)
+class LoadReport:
+    """What a load did, from the ledger's point of view."""
+
+    target: str
+    partition_key: str
+    load_id: str
+    mode: str
+    enqueued: int
+    written: int
+    dead_lettered: int
+    batches: int
+    batches_resumed: int
+    retries: int
+    elapsed_s: float
+    rows_per_s: float
+    published: bool
+    dead_letter_sample: tuple[int, ...] = ()
+
+
+@dataclass(slots=True)
+class _Progress:
+    """Running totals; checked against the ledger at the end, never trusted alone."""
+
+    enqueued: int = 0
+    batches_cut: int = 0
+    written: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    resumed: int = 0
+    retries: int = 0
+    sample: list[int] = field(default_factory=list)
+
+    def add(self, result: BatchResult) -> None:
+        self.written += result.written
+        self.dead_lettered += result.dead_lettered
+        self.batches += 1
+        self.resumed += result.already_committed
+        self.retries += result.attempts - 1 if not result.already_committed else 0
+        for letter in result.dead_letters[: _SAMPLE - len(self.sample)]:
+            self.sample.append(letter.record_no)
+
+
+async def resolve_load_id(
+    pool: asyncpg.Pool, target: TableTarget, day: dt.date, root_id: str, fresh_id: str,
+    ledger_schema: str = "etl",
+) -> str:
+    """Resume ``root_id``'s load if it did not finish; otherwise start ``fresh_id``.
+
+    Dagster re-execution keeps the root run id, so a failed run re-executed resumes
+    where it stopped, while re-executing a successful run loads the partition anew.
+    """
+    ledger = LedgerTables(ledger_schema)
+    async with pool.acquire() as conn:
+        await _ensure_ledger(conn, ledger)
+        status = await conn.fetchval(ledger.select_load(), target.name, day.isoformat(), root_id)
+    return fresh_id if status in ("published", "complete") else root_id
+
+
+async def load_partition(
+    pool: asyncpg.Pool,
+    target: TableTarget,
+    day: dt.date,
+    records: Iterable[Any],
+    *,
+    load_id: str,
+    model: type[pydantic.BaseModel] | None = None,
+    settings: LoadSettings | None = None,
+    log: Log | None = None,
+) -> LoadReport:
+    """Load ``records`` as partition ``day`` of ``target`` and prove none was lost."""
+    settings = settings or LoadSettings()
+    log = log or logging.getLogger(__name__)
+    ledger = LedgerTables(settings.ledger_schema)
+    key = (target.name, day.isoformat(), load_id)
+    publisher = ReplacePublisher(target, ledger, day, load_id)
+    started = time.perf_counter()
+
+    async with pool.acquire() as conn:
+        kind = await _prepare(conn, ledger, target, publisher, key)
+    destination = publisher.staging if target.mode is WriteMode.REPLACE else (target.schema, target.table)
+    writer = BatchWriter(
+        pool, target, ledger,
+        partition_key=key[1], load_id=load_id, destination=destination, retry=settings.retry,
+        max_dead_letters_per_batch=_poison_limit(settings), log=log,
+    )
+    shaper = RecordShaper(target.data_columns, target.partition_column, day, model)
+    progress = _Progress()
+    try:
+        await _pipeline(records, shaper, writer, target, settings, progress, log, key, started)
+        totals = await _finish(pool, ledger, target, publisher, kind, key, progress, settings)
+    except BaseException as exc:
+        await _mark_failed(pool, ledger, key, log)
+        if isinstance(exc, BaseExceptionGroup):
+            raise _first_cause(exc) from exc
+        raise
+    elapsed = time.perf_counter() - started
+    log.info(
+        "%s partition %s: %d/%d rows written, %d dead-lettered, %d batches (%d resumed), "
+        "%d retries, %.1fs, %.0f rows/s",
+        key[0], key[1], totals.written, totals.enqueued, totals.dead_lettered,
+        totals.batches, progress.resumed, progress.retries, elapsed,
+        totals.written / elapsed if elapsed else 0.0,
+    )
+    return LoadReport(
+        target=key[0], partition_key=key[1], load_id=load_id, mode=target.mode.value,
+        enqueued=totals.enqueued, written=totals.written, dead_lettered=totals.dead_lettered,
+        batches=totals.batches, batches_resumed=progress.resumed, retries=progress.retries,
+        elapsed_s=elapsed, rows_per_s=totals.written / elapsed if elapsed else 0.0,
+        published=target.mode is WriteMode.REPLACE, dead_letter_sample=tuple(progress.sample),
+    )
+
+
+async def _prepare(
+    conn: asyncpg.Connection,
+    ledger: LedgerTables,
+    target: TableTarget,
+    publisher: ReplacePublisher,
+    key: tuple[str, str, str],
+) -> TargetKind:
+    """DDL (idempotent, serialized) and the load's ``loading`` row."""
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _DDL_LOCK)
+            await _ensure_ledger(conn, ledger)
+            await conn.execute(target.create_table_sql())
+            kind = await inspect_target(conn, target)
+            status = await conn.fetchval(ledger.select_load(), *key)
+            if status in ("published", "complete"):
+                raise FatalError(
+                    f"{key[0]} partition {key[1]}: load {key[2]!r} already finished "
+                    f"({status}); a new load needs a new load id (see resolve_load_id)"
+                )
+            staging = publisher.staging_table if target.mode is WriteMode.REPLACE else None
+            if staging:
+                await publisher.prepare(conn)
+            await conn.execute(ledger.begin_load(), *key, target.mode.value, staging)
+    except DRIVER_ERRORS as exc:
+        raise classify(exc) from exc
+    return kind
+
+
+async def _ensure_ledger(conn: asyncpg.Connection, ledger: LedgerTables) -> None:
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _DDL_LOCK)
+        for statement in ledger.ddl():
+            await conn.execute(statement)
+
+
+async def _pipeline(
+    records: Iterable[Any],
+    shaper: RecordShaper,
+    writer: BatchWriter,
+    target: TableTarget,
+    settings: LoadSettings,
+    progress: _Progress,
+    log: Log,
+    key: tuple[str, str, str],
+    started: float,
+) -> None:
+    queue: asyncio.Queue[PreparedBatch | None] = asyncio.Queue(
+        maxsize=settings.writers * settings.queue_depth or 1
+    )
+
+    async def produce() -> None:
+        iterator = iter(records)
+        for batch_no in itertools.count():
+            chunk = list(itertools.islice(iterator, settings.batch_size))
+            if not chunk:
+                break
+            first = progress.enqueued
+            progress.enqueued += len(chunk)
+            progress.batches_cut += 1
+            await queue.put(_prepare_batch(batch_no, first, chunk, shaper, target))
+        for _ in range(settings.writers):
+            await queue.put(None)
+
+    async def consume() -> None:
+        while (batch := await queue.get()) is not None:
+            result = await writer.write(batch)
+            progress.add(result)
+            _check_breaker(progress, settings, key)
+            elapsed = time.perf_counter() - started
+            log.info(
+                "%s partition %s: %d/%d rows written (lag %d), %d dead-lettered, %.0f rows/s",
+                key[0], key[1], progress.written, progress.enqueued,
+                progress.enqueued - progress.written - progress.dead_lettered,
+                progress.dead_lettered, progress.written / elapsed if elapsed else 0.0,
+            )
+
+    async with asyncio.TaskGroup() as group:
+        group.create_task(produce(), name="etl-producer")
+        for i in range(settings.writers):
+            group.create_task(consume(), name=f"etl-writer-{i}")
+
+
+def _prepare_batch(
+    batch_no: int, first: int, chunk: list[Any], shaper: RecordShaper, target: TableTarget
+) -> PreparedBatch:
+    shaped = shaper.shape(first, chunk)
+    rows, record_nos, rejected = shaped.rows, shaped.record_nos, shaped.rejected
+    if target.mode is WriteMode.UPSERT:
+        rows, record_nos, duplicates = _last_per_key(rows, record_nos, target, shaper)
+        rejected = sorted([*rejected, *duplicates], key=lambda d: d.record_no)
+    return PreparedBatch(
+        batch_no=batch_no, enqueued=len(chunk), rows=rows, record_nos=record_nos,
+        rejected=rejected, digest=batch_digest(rows, rejected),
+    )
+
+
+def _last_per_key(
+    rows: list[tuple[Any, ...]], record_nos: list[int], target: TableTarget, shaper: RecordShaper
+) -> tuple[list[tuple[Any, ...]], list[int], list[DeadLetter]]:
+    """One row per primary key in a batch (ON CONFLICT cannot touch a row twice).
+
+    The last occurrence wins, as a later upsert would; the earlier ones are dead-lettered
+    as superseded rather than vanishing without a trace.
+    """
+    positions = [target.row_columns.index(k) for k in target.primary_key]
+    last: dict[tuple[Any, ...], int] = {}
+    for i, row in enumerate(rows):
+        last[tuple(row[p] for p in positions)] = i
+    if len(last) == len(rows):
+        return rows, record_nos, []
+    keep = set(last.values())
+    superseded = [
+        DeadLetter(
+            record_nos[i],
+            payload_json(dict(zip(shaper.columns, row, strict=True))),
+            "DuplicateKey",
+            f"primary key {dict(zip(target.primary_key, (row[p] for p in positions), strict=True))} "
+            f"repeats later in the same batch (record {record_nos[last[tuple(row[p] for p in positions)]]}); "
+            "the later record was written",
+        )
+        for i, row in enumerate(rows)
+        if i not in keep
+    ]
+    kept = sorted(keep)
+    return [rows[i] for i in kept], [record_nos[i] for i in kept], superseded
+
+
+def _poison_limit(settings: LoadSettings) -> int | None:
+    if settings.max_dead_letter_ratio >= 1:
+        return None
+    return math.ceil(max(settings.batch_size, settings.min_sample) * settings.max_dead_letter_ratio)
+
+
+def _check_breaker(progress: _Progress, settings: LoadSettings, key: tuple[str, str, str]) -> None:
+    """Trip when dead letters exceed their share after a minimum sample."""
+    handled = progress.written + progress.dead_lettered
+    if handled < settings.min_sample or handled == 0:
+        return
+    ratio = progress.dead_lettered / handled
+    if ratio > settings.max_dead_letter_ratio:
+        raise CircuitBreakerOpenError(
+            f"{key[0]} partition {key[1]}: circuit breaker open: {progress.dead_lettered} of "
+            f"{handled} records ({ratio:.1%}) were dead-lettered, above the "
+            f"{settings.max_dead_letter_ratio:.1%} limit. That is a systemic failure (source "
+            "format, schema or server), not a few bad records; the partition was not published. "
+            f"See {settings.ledger_schema}.dead_letters for the errors."
+        )
+
+
+async def _finish(
+    pool: asyncpg.Pool,
+    ledger: LedgerTables,
+    target: TableTarget,
+    publisher: ReplacePublisher,
+    kind: TargetKind,
+    key: tuple[str, str, str],
+    progress: _Progress,
+    settings: LoadSettings,
+) -> PartitionTotals:
+    """Audit against the ledger, then publish (replace) or mark complete (upsert)."""
+    async for attempt in stamina.retry_context(
+        on=RetryableError,
+        attempts=settings.retry.attempts,
+        timeout=settings.retry.timeout_s,
+        wait_initial=settings.retry.wait_initial_s,
+        wait_max=settings.retry.wait_max_s,
+        wait_jitter=settings.retry.wait_jitter_s,
+    ):
+        with attempt:
+            try:
+                async with pool.acquire() as conn:
+                    totals = await audit(
+                        conn, ledger, key,
+                        expected_enqueued=progress.enqueued, expected_batches=progress.batches_cut,
+                    )
+                    if target.mode is WriteMode.REPLACE:
+                        await publisher.publish(conn, kind, totals)
+                    else:
+                        await conn.execute(
+                            ledger.finish_load(), *key, "complete",
+                            totals.enqueued, totals.written, totals.dead_lettered,
+                        )
+                    return totals
+            except DRIVER_ERRORS as exc:
+                raise classify(exc) from exc
+    raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
+
+
+async def _mark_failed(
+    pool: asyncpg.Pool, ledger: LedgerTables, key: tuple[str, str, str], log: Log
+) -> None:
+    """Best effort: the run is failing anyway, and the original error must win."""
+    try:
+        async with asyncio.timeout(5), pool.acquire() as conn:
+            await conn.execute(ledger.fail_load(), *key)
+    except (*DRIVER_ERRORS, asyncio.CancelledError) as exc:
+        log.warning("%s partition %s: could not mark the load failed: %r", key[0], key[1], exc)
+
+
+def _first_cause(group: BaseExceptionGroup[Any]) -> BaseException:
+    """The error that started it: TaskGroup wraps it, with the cancellations it caused."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first_cause(exc)
+        if not isinstance(exc, asyncio.CancelledError):
+            return exc
+    return group.exceptions[0]

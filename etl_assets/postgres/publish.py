@@ -1,0 +1,221 @@
+"""Replace mode: write a partition into staging, audit it, then publish it atomically.
+
+Dagster's own DB IO managers delete a partition and insert it again in separate steps
+(dagster issue #14091): a failed rerun leaves the last good partition empty or half
+written, and readers see it half written meanwhile. Here batches commit into a staging
+table of their own (one per target, partition and load); the previously published
+partition is not touched until the staged one is complete and audited, and then the
+swap is one transaction:
+
+* RANGE-partitioned target (the default for tables this package creates): detach and
+  drop the old partition, attach the staged table in its place. The staged table carries
+  a CHECK that implies the partition bound, so ATTACH skips its validation scan, and the
+  data is never copied a second time.
+* plain table that already existed: ``DELETE`` the day, ``INSERT ... SELECT`` from
+  staging, in one transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+
+import asyncpg
+
+from etl_assets.errors import ConfigurationError, LoadIntegrityError
+from etl_assets.postgres.ledger import LedgerTables, PartitionTotals
+from etl_assets.postgres.sql import (
+    column_list,
+    day_check_constraint,
+    partition_bounds,
+    partition_table_name,
+    qualified,
+    quote_ident,
+    short_name,
+)
+from etl_assets.postgres.target import TableTarget
+
+__all__ = ["ReplacePublisher", "TargetKind", "audit", "inspect_target"]
+
+
+class TargetKind(enum.Enum):
+    PARTITIONED = "partitioned"  # RANGE on the partition column: publish swaps a partition
+    PLAIN = "plain"  # publish deletes the day and inserts from staging
+
+
+async def inspect_target(conn: asyncpg.Connection, target: TableTarget) -> TargetKind:
+    """How the existing target is laid out; a layout we cannot publish into is a config error."""
+    row = await conn.fetchrow(
+        """SELECT c.relkind::text AS relkind, p.partstrat::text AS partstrat, p.partnatts,
+                  (SELECT a.attname FROM pg_attribute a
+                    WHERE a.attrelid = c.oid AND a.attnum = p.partattrs[0]) AS partcol
+           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           LEFT JOIN pg_partitioned_table p ON p.partrelid = c.oid
+           WHERE n.nspname = $1 AND c.relname = $2""",
+        target.schema,
+        target.table,
+    )
+    if row is None:
+        raise ConfigurationError(f"target table {target.name} does not exist")
+    missing = await _missing_columns(conn, target)
+    if missing:
+        raise ConfigurationError(
+            f"target {target.name} has no column(s) {missing}; add them "
+            f"(ALTER TABLE {target.sql_name} ADD COLUMN ...) or drop them from the record model"
+        )
+    if row["relkind"] == "r":
+        return TargetKind.PLAIN
+    if (
+        row["relkind"] == "p"
+        and row["partstrat"] == "r"
+        and row["partnatts"] == 1
+        and row["partcol"] == target.partition_column
+    ):
+        return TargetKind.PARTITIONED
+    raise ConfigurationError(
+        f"target {target.name} is partitioned, but not by RANGE ({target.partition_column}); "
+        "replace mode needs one range partition per data date, or a plain table"
+    )
+
+
+async def _missing_columns(conn: asyncpg.Connection, target: TableTarget) -> list[str]:
+    present = {
+        r["attname"]
+        for r in await conn.fetch(
+            "SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass "
+            "AND attnum > 0 AND NOT attisdropped",
+            target.sql_name,
+        )
+    }
+    return [c for c in target.row_columns if c not in present]
+
+
+async def audit(
+    conn: asyncpg.Connection,
+    ledger: LedgerTables,
+    key: tuple[str, str, str],
+    *,
+    expected_enqueued: int,
+    expected_batches: int,
+) -> PartitionTotals:
+    """Prove the ledger accounts for every record the asset handed over."""
+    batches, enqueued, written, dead = await conn.fetchrow(ledger.sum_batches(), *key)
+    totals = PartitionTotals(batches, enqueued, written, dead)
+    dead_rows = await conn.fetchval(
+        f"SELECT count(*) FROM {ledger.dead_letters} "
+        "WHERE target = $1 AND partition_key = $2 AND load_id = $3",
+        *key,
+    )
+    problems = []
+    if batches != expected_batches:
+        problems.append(f"{batches} batches in the ledger, {expected_batches} cut")
+    if enqueued != expected_enqueued:
+        problems.append(f"ledger enqueued {enqueued} != {expected_enqueued} records handed over")
+    if enqueued != written + dead:
+        problems.append(f"enqueued {enqueued} != written {written} + dead-lettered {dead}")
+    if dead_rows != dead:
+        problems.append(f"{dead_rows} dead-letter rows, ledger says {dead}")
+    if problems:
+        raise LoadIntegrityError(f"{key[0]} partition {key[1]}: " + "; ".join(problems))
+    return totals
+
+
+class ReplacePublisher:
+    """Staging, audit and publish for one (target, partition, load)."""
+
+    def __init__(
+        self, target: TableTarget, ledger: LedgerTables, day: dt.date, load_id: str
+    ) -> None:
+        self.target = target
+        self.ledger = ledger
+        self.day = day
+        self.key = (target.name, day.isoformat(), load_id)
+        self.staging_table = short_name("_etl_stage", *self.key)
+
+    @property
+    def staging(self) -> tuple[str, str]:
+        return self.target.schema, self.staging_table
+
+    @property
+    def staging_sql(self) -> str:
+        return qualified(*self.staging)
+
+    async def prepare(self, conn: asyncpg.Connection) -> None:
+        """Create the staging table (kept across a resumed load, so committed batches stay)."""
+        check = quote_ident(f"{self.staging_table}_day")
+        await conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {self.staging_sql} "
+            f"(LIKE {self.target.sql_name} INCLUDING ALL, "
+            f"CONSTRAINT {check} {day_check_constraint(self.target.partition_column, self.day)})"
+        )
+
+    async def staged_rows(self, conn: asyncpg.Connection) -> int:
+        return int(await conn.fetchval(f"SELECT count(*) FROM {self.staging_sql}"))
+
+    async def publish(
+        self, conn: asyncpg.Connection, kind: TargetKind, totals: PartitionTotals
+    ) -> None:
+        """Swap the staged partition in and record it, in ONE transaction."""
+        async with conn.transaction():
+            status = await conn.fetchval(
+                f"SELECT status FROM {self.ledger.loads} "
+                "WHERE target = $1 AND partition_key = $2 AND load_id = $3 FOR UPDATE",
+                *self.key,
+            )
+            if status == "published":  # an earlier attempt's COMMIT went through
+                return
+            staged = await self.staged_rows(conn)
+            if staged != totals.written:
+                raise LoadIntegrityError(
+                    f"{self.key[0]} partition {self.key[1]}: staging holds {staged} rows, "
+                    f"the ledger says {totals.written} were written; not publishing"
+                )
+            if kind is TargetKind.PARTITIONED:
+                await self._swap_partition(conn)
+            else:
+                await self._replace_rows(conn)
+            await conn.execute(
+                self.ledger.finish_load(),
+                *self.key, "published", totals.enqueued, totals.written, totals.dead_lettered,
+            )
+
+    async def _swap_partition(self, conn: asyncpg.Connection) -> None:
+        low, high = partition_bounds(self.day)
+        parent = self.target.sql_name
+        # DETACH takes ACCESS EXCLUSIVE on the parent: readers wait, then see the new day.
+        await conn.execute(f"LOCK TABLE {parent} IN ACCESS EXCLUSIVE MODE")
+        for old in await self._partitions_for_day(conn):
+            await conn.execute(f"ALTER TABLE {parent} DETACH PARTITION {old}")
+            await conn.execute(f"DROP TABLE {old}")
+        name = partition_table_name(self.target.table, self.day)
+        await conn.execute(f"ALTER TABLE {self.staging_sql} RENAME TO {quote_ident(name)}")
+        await conn.execute(
+            f"ALTER TABLE {parent} ATTACH PARTITION {qualified(self.target.schema, name)} "
+            f"FOR VALUES FROM ({low}) TO ({high})"
+        )
+
+    async def _partitions_for_day(self, conn: asyncpg.Connection) -> list[str]:
+        """Existing partitions whose bound is exactly this day (found by bound, not by name)."""
+        rows = await conn.fetch(
+            """SELECT n.nspname, c.relname, pg_get_expr(c.relpartbound, c.oid) AS bound
+               FROM pg_inherits i
+               JOIN pg_class c ON c.oid = i.inhrelid
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE i.inhparent = $1::regclass""",
+            self.target.sql_name,
+        )
+        after = self.day + dt.timedelta(days=1)
+        wanted = f"FOR VALUES FROM ('{self.day.isoformat()}') TO ('{after.isoformat()}')"
+        return [qualified(r["nspname"], r["relname"]) for r in rows if r["bound"] == wanted]
+
+    async def _replace_rows(self, conn: asyncpg.Connection) -> None:
+        cols = column_list(self.target.row_columns)
+        await conn.execute(
+            f"DELETE FROM {self.target.sql_name} "
+            f"WHERE {quote_ident(self.target.partition_column)} = $1",
+            self.day,
+        )
+        await conn.execute(
+            f"INSERT INTO {self.target.sql_name} ({cols}) SELECT {cols} FROM {self.staging_sql}"
+        )
+        await conn.execute(f"DROP TABLE {self.staging_sql}")

@@ -1,0 +1,165 @@
+"""PostgresResource: where the database is, and an asyncpg pool that is always closed.
+
+The DSN comes from ``EnvVar("ETL_ASSETS_PG_DSN")`` in the Definitions and is never
+logged nor put into an error message (``redact_dsn`` is what errors show). With no DSN,
+the embedded server is leased for the step and released at teardown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import urllib.parse
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import dagster as dg
+import stamina
+from pydantic import Field, PrivateAttr
+
+from etl_assets.errors import ConfigurationError, FatalError, RetryableError, classify
+from etl_assets.postgres.embedded import EmbeddedPostgres, default_data_dir
+from etl_assets.postgres.writer import DRIVER_ERRORS
+
+__all__ = ["ConnectionFailedError", "PostgresResource", "redact_dsn"]
+
+APPLICATION_NAME = "etl_assets"
+
+
+class ConnectionFailedError(FatalError):
+    """The server could not be reached within the connect retry budget."""
+
+
+def redact_dsn(dsn: str) -> str:
+    """``postgresql://user@host:port/db``: what an error may show of a DSN."""
+    try:
+        parts = urllib.parse.urlsplit(dsn)
+        host = parts.hostname or "localhost"
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<unparseable DSN>"
+    user = f"{parts.username}@" if parts.username else ""
+    return f"{parts.scheme}://{user}{host}{port}{parts.path}"
+
+
+class PostgresResource(dg.ConfigurableResource):  # type: ignore[type-arg]
+    """A PostgreSQL server for the loads: an external one by DSN, or the embedded one."""
+
+    dsn: str | None = Field(
+        default=None,
+        description=(
+            "libpq-style URL, e.g. postgresql://user:pass@host:5432/db. Pass it as "
+            "dg.EnvVar('ETL_ASSETS_PG_DSN'). Unset: the embedded server from the wheel."
+        ),
+    )
+    embedded_data_dir: str | None = Field(
+        default=None,
+        description="Data directory of the embedded server (default ./.etl_assets/pgdata).",
+    )
+    min_pool_size: int = Field(default=1, ge=0, description="Connections kept open per step.")
+    max_pool_size: int = Field(
+        default=4, ge=1, description="Upper bound of connections per step (writers + 1)."
+    )
+    connect_timeout_s: float = Field(default=10.0, gt=0, description="Per connection attempt.")
+    connect_attempts: int = Field(default=5, ge=1, description="Attempts to open the pool.")
+    connect_budget_s: float = Field(
+        default=60.0, gt=0, description="Total time allowed for opening the pool, retries included."
+    )
+    command_timeout_s: float | None = Field(
+        default=None, description="Client-side timeout per statement (None: none)."
+    )
+
+    _embedded: EmbeddedPostgres | None = PrivateAttr(default=None)
+    _embedded_dsn: str | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        if self.dsn is None:
+            self.resolved_dsn()
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        self.close()
+
+    def resolved_dsn(self) -> str:
+        """The configured DSN, or the embedded server's (leasing it on first use)."""
+        if self.dsn:
+            return self.dsn
+        if self._embedded_dsn is None:
+            data_dir = Path(self.embedded_data_dir) if self.embedded_data_dir else default_data_dir()
+            self._embedded = EmbeddedPostgres(data_dir)
+            self._embedded_dsn = self._embedded.acquire()
+        return self._embedded_dsn
+
+    def close(self) -> None:
+        """Release the embedded server lease, if this resource holds one."""
+        if self._embedded is not None:
+            self._embedded.release()
+            self._embedded, self._embedded_dsn = None, None
+
+    @contextlib.asynccontextmanager
+    async def pool(self, **overrides: Any) -> AsyncIterator[asyncpg.Pool]:
+        """An asyncpg pool for the current event loop, closed on every path.
+
+        On success the pool is closed gracefully; on an exception or cancellation it is
+        terminated at once, so a failing step never waits on a dead server.
+        """
+        pool = await self._open_pool(**overrides)
+        try:
+            yield pool
+        except BaseException:
+            pool.terminate()
+            raise
+        try:
+            await asyncio.wait_for(pool.close(), timeout=30)
+        except TimeoutError:
+            pool.terminate()
+
+    async def _open_pool(self, **overrides: Any) -> asyncpg.Pool:
+        dsn = self.resolved_dsn()
+        options: dict[str, Any] = {
+            "min_size": self.min_pool_size,
+            "max_size": self.max_pool_size,
+            "timeout": self.connect_timeout_s,
+            "command_timeout": self.command_timeout_s,
+            "server_settings": {"application_name": APPLICATION_NAME},
+            **overrides,
+        }
+        attempts = 0
+        try:
+            async for attempt in stamina.retry_context(
+                on=RetryableError,
+                attempts=self.connect_attempts,
+                timeout=self.connect_budget_s,
+                wait_initial=0.5,
+                wait_max=5.0,
+            ):
+                with attempt:
+                    attempts = attempt.num
+                    return await _create_pool(dsn, options)
+        except RetryableError as exc:
+            raise ConnectionFailedError(
+                f"could not connect to PostgreSQL at {redact_dsn(dsn)} after {attempts} "
+                f"attempt(s): {exc}. Is the server up, and is ETL_ASSETS_PG_DSN right?"
+            ) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def _create_pool(dsn: str, options: dict[str, Any]) -> asyncpg.Pool:
+    try:
+        return await asyncpg.create_pool(dsn, **options)
+    except DRIVER_ERRORS as exc:
+        # from None: asyncpg's own message may quote the DSN, password included.
+        raise _redacted(classify(exc), dsn) from None
+    except ValueError as exc:  # asyncpg's DSN parser
+        raise ConfigurationError(
+            f"the PostgreSQL DSN is malformed ({type(exc).__name__}); expected "
+            "postgresql://user:password@host:port/database"
+        ) from None
+
+
+def _redacted(error: Exception, dsn: str) -> Exception:
+    password = urllib.parse.urlsplit(dsn).password if "://" in dsn else None
+    if password and password in str(error):
+        return type(error)(str(error).replace(password, "***"))
+    return error

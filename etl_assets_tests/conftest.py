@@ -1,0 +1,53 @@
+"""Fixtures: a real PostgreSQL (embedded, or ETL_ASSETS_TEST_DSN) and a schema per test."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import stamina
+
+from etl_assets.postgres.embedded import EmbeddedPostgres
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _instant_retries() -> Iterator[None]:
+    """Retries still happen (up to 6 attempts) but never sleep through backoff."""
+    with stamina.set_testing(True, attempts=6, cap=True):
+        yield
+
+
+@pytest.fixture(scope="session")
+def pg_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """DSN of the server the tests use: ETL_ASSETS_TEST_DSN, else an embedded one."""
+    external = os.environ.get("ETL_ASSETS_TEST_DSN")
+    if external:
+        yield external
+        return
+    server = EmbeddedPostgres(
+        Path(tmp_path_factory.mktemp("pg")) / "pgdata",
+        settings={"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"},
+    )
+    with server.leased() as dsn:
+        yield dsn
+
+
+@pytest.fixture
+def schema(pg_dsn: str) -> Iterator[str]:
+    """A fresh schema (with a quote and a space in its name) dropped after the test."""
+    name = f'etl test "{uuid.uuid4().hex[:8]}"'
+    yield name
+    asyncio.run(_execute(pg_dsn, f'DROP SCHEMA IF EXISTS "{name.replace(chr(34), chr(34) * 2)}" CASCADE'))
+
+
+async def _execute(dsn: str, sql: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()

@@ -1,0 +1,85 @@
+"""A TCP proxy between the writer and Postgres that injects real network faults."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+
+class FaultProxy:
+    """Forwards 127.0.0.1:<port> to the server; ``cut_after`` decides when to drop a link.
+
+    ``cut_after(chunk)`` sees each client->server chunk; returning True forwards that chunk
+    to the server and then closes both sides before any reply can reach the client: the
+    server executes what it received, the client never learns the outcome.
+    """
+
+    def __init__(self, upstream_host: str, upstream_port: int) -> None:
+        self.upstream = (upstream_host, upstream_port)
+        self.cut_after: Callable[[bytes], bool] = lambda chunk: False
+        self.cuts = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> FaultProxy:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def dsn(self, dsn: str) -> str:
+        host_port = f"{self.upstream[0]}:{self.upstream[1]}"
+        return dsn.replace(host_port, f"127.0.0.1:{self.port}")
+
+    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        server_r, server_w = await asyncio.open_connection(*self.upstream)
+        cut = asyncio.Event()
+
+        blackhole = asyncio.Event()
+
+        async def upstream() -> None:
+            while data := await client_r.read(65536):
+                trigger = self.cut_after(data)
+                if trigger:
+                    blackhole.set()  # from now on, no reply reaches the client
+                server_w.write(data)
+                await server_w.drain()
+                if trigger:
+                    self.cuts += 1
+                    await asyncio.sleep(0.2)  # let the server act on what it received
+                    cut.set()
+                    return
+
+        async def downstream() -> None:
+            while data := await server_r.read(65536):
+                if blackhole.is_set():
+                    return
+                client_w.write(data)
+                await client_w.drain()
+
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)  # type: ignore[arg-type]
+        try:
+            up = asyncio.create_task(upstream())
+            down = asyncio.create_task(downstream())
+            await asyncio.wait({up, down, asyncio.create_task(cut.wait())}, return_when=asyncio.FIRST_COMPLETED)
+            for t in (up, down):
+                t.cancel()
+        finally:
+            for w in (client_w, server_w):
+                w.close()
+            self._tasks.discard(task)  # type: ignore[arg-type]
