@@ -22,27 +22,13 @@ from typing import Any
 
 import asyncpg
 import pydantic
-import stamina
 
-from etl_assets.errors import (
-    CircuitBreakerOpenError,
-    ConfigurationError,
-    FatalError,
-    RetryableError,
-    classify,
-)
+from etl_assets.errors import CircuitBreakerOpenError, ConfigurationError, FatalError
 from etl_assets.postgres.ledger import LedgerTables, PartitionTotals
 from etl_assets.postgres.publish import ReplacePublisher, TargetKind, audit, inspect_target
 from etl_assets.postgres.target import TableTarget, WriteMode
-from etl_assets.postgres.writer import (
-    DRIVER_ERRORS,
-    BatchResult,
-    BatchWriter,
-    Log,
-    PreparedBatch,
-    RetryPolicy,
-    batch_digest,
-)
+from etl_assets.postgres.retry import DRIVER_ERRORS, RetryPolicy, classified, retrying
+from etl_assets.postgres.writer import BatchResult, BatchWriter, Log, PreparedBatch, batch_digest
 from etl_assets.records import DeadLetter, RecordShaper, payload_json
 
 __all__ = ["LoadReport", "LoadSettings", "load_partition", "resolve_load_id"]
@@ -148,8 +134,7 @@ async def load_partition(
     publisher = ReplacePublisher(target, ledger, day, load_id)
     started = time.perf_counter()
 
-    async with pool.acquire() as conn:
-        kind = await _prepare(conn, ledger, target, publisher, key)
+    kind = await _prepare(pool, ledger, target, publisher, key, settings.retry)
     destination = publisher.staging if target.mode is WriteMode.REPLACE else (target.schema, target.table)
     writer = BatchWriter(
         pool, target, ledger,
@@ -184,32 +169,33 @@ async def load_partition(
 
 
 async def _prepare(
-    conn: asyncpg.Connection,
+    pool: asyncpg.Pool,
     ledger: LedgerTables,
     target: TableTarget,
     publisher: ReplacePublisher,
     key: tuple[str, str, str],
+    retry: RetryPolicy,
 ) -> TargetKind:
-    """DDL (idempotent, serialized) and the load's ``loading`` row."""
-    try:
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _DDL_LOCK)
-            await _ensure_ledger(conn, ledger)
-            await conn.execute(target.create_table_sql())
-            kind = await inspect_target(conn, target)
-            status = await conn.fetchval(ledger.select_load(), *key)
-            if status in ("published", "complete"):
-                raise FatalError(
-                    f"{key[0]} partition {key[1]}: load {key[2]!r} already finished "
-                    f"({status}); a new load needs a new load id (see resolve_load_id)"
-                )
-            staging = publisher.staging_table if target.mode is WriteMode.REPLACE else None
-            if staging:
-                await publisher.prepare(conn)
-            await conn.execute(ledger.begin_load(), *key, target.mode.value, staging)
-    except DRIVER_ERRORS as exc:
-        raise classify(exc) from exc
-    return kind
+    """DDL (idempotent, serialized) and the load's ``loading`` row; safe to retry."""
+    async for attempt in retrying(retry):
+        with attempt, classified():
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _DDL_LOCK)
+                await _ensure_ledger(conn, ledger)
+                await conn.execute(target.create_table_sql())
+                kind = await inspect_target(conn, target)
+                status = await conn.fetchval(ledger.select_load(), *key)
+                if status in ("published", "complete"):
+                    raise FatalError(
+                        f"{key[0]} partition {key[1]}: load {key[2]!r} already finished "
+                        f"({status}); a new load needs a new load id (see resolve_load_id)"
+                    )
+                staging = publisher.staging_table if target.mode is WriteMode.REPLACE else None
+                if staging:
+                    await publisher.prepare(conn)
+                await conn.execute(ledger.begin_load(), *key, target.mode.value, staging)
+            return kind
+    raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
 
 
 async def _ensure_ledger(conn: asyncpg.Connection, ledger: LedgerTables) -> None:
@@ -344,31 +330,21 @@ async def _finish(
     settings: LoadSettings,
 ) -> PartitionTotals:
     """Audit against the ledger, then publish (replace) or mark complete (upsert)."""
-    async for attempt in stamina.retry_context(
-        on=RetryableError,
-        attempts=settings.retry.attempts,
-        timeout=settings.retry.timeout_s,
-        wait_initial=settings.retry.wait_initial_s,
-        wait_max=settings.retry.wait_max_s,
-        wait_jitter=settings.retry.wait_jitter_s,
-    ):
-        with attempt:
-            try:
-                async with pool.acquire() as conn:
-                    totals = await audit(
-                        conn, ledger, key,
-                        expected_enqueued=progress.enqueued, expected_batches=progress.batches_cut,
+    async for attempt in retrying(settings.retry):
+        with attempt, classified():
+            async with pool.acquire() as conn:
+                totals = await audit(
+                    conn, ledger, key,
+                    expected_enqueued=progress.enqueued, expected_batches=progress.batches_cut,
+                )
+                if target.mode is WriteMode.REPLACE:
+                    await publisher.publish(conn, kind, totals)
+                else:
+                    await conn.execute(
+                        ledger.finish_load(), *key, "complete",
+                        totals.enqueued, totals.written, totals.dead_lettered,
                     )
-                    if target.mode is WriteMode.REPLACE:
-                        await publisher.publish(conn, kind, totals)
-                    else:
-                        await conn.execute(
-                            ledger.finish_load(), *key, "complete",
-                            totals.enqueued, totals.written, totals.dead_lettered,
-                        )
-                    return totals
-            except DRIVER_ERRORS as exc:
-                raise classify(exc) from exc
+                return totals
     raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
 
 

@@ -21,7 +21,7 @@ from pydantic import Field, PrivateAttr
 
 from etl_assets.errors import ConfigurationError, FatalError, RetryableError, classify
 from etl_assets.postgres.embedded import EmbeddedPostgres, default_data_dir
-from etl_assets.postgres.writer import DRIVER_ERRORS
+from etl_assets.postgres.retry import DRIVER_ERRORS
 
 __all__ = ["ConnectionFailedError", "PostgresResource", "redact_dsn"]
 

@@ -22,8 +22,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import asyncpg
-import stamina
-from asyncpg.exceptions import _base as pgbase
 
 from etl_assets.errors import (
     CircuitBreakerOpenError,
@@ -33,21 +31,15 @@ from etl_assets.errors import (
     classify,
 )
 from etl_assets.postgres.ledger import LedgerTables, dead_letter_arrays
+from etl_assets.postgres.retry import DRIVER_ERRORS, RetryPolicy, retrying
 from etl_assets.postgres.sql import quote_ident, upsert_statement
 from etl_assets.postgres.target import TableTarget, WriteMode
 from etl_assets.records import DeadLetter, no_nul, payload_json
 
-__all__ = ["BatchResult", "BatchWriter", "PreparedBatch", "RetryPolicy", "batch_digest"]
+__all__ = ["BatchResult", "BatchWriter", "Log", "PreparedBatch", "batch_digest"]
 
 Row = tuple[Any, ...]
 
-# What asyncpg and the OS raise; everything else is a bug and propagates as it is.
-DRIVER_ERRORS: tuple[type[BaseException], ...] = (
-    asyncpg.PostgresError,
-    pgbase.InterfaceError,
-    OSError,
-    TimeoutError,
-)
 _UPSERT_STAGE = "_etl_upsert_stage"
 
 
@@ -56,17 +48,6 @@ class Log(Protocol):
 
     def info(self, msg: str, *args: Any) -> Any: ...
     def warning(self, msg: str, *args: Any) -> Any: ...
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """Bounds for retrying one batch: attempts AND total time, exponential backoff + jitter."""
-
-    attempts: int = 6
-    timeout_s: float = 120.0
-    wait_initial_s: float = 0.2
-    wait_max_s: float = 10.0
-    wait_jitter_s: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,14 +120,7 @@ class BatchWriter:
         """Commit ``batch`` exactly once, retrying transient failures within the policy."""
         attempt_no = 0
         last_error: RetryableError | None = None
-        async for attempt in stamina.retry_context(
-            on=RetryableError,
-            attempts=self._retry.attempts,
-            timeout=self._retry.timeout_s,
-            wait_initial=self._retry.wait_initial_s,
-            wait_max=self._retry.wait_max_s,
-            wait_jitter=self._retry.wait_jitter_s,
-        ):
+        async for attempt in retrying(self._retry):
             with attempt:
                 attempt_no = attempt.num
                 if last_error is not None:

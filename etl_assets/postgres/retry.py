@@ -1,0 +1,60 @@
+"""One retry policy for every database round trip: bounded, jittered, transient errors only."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import asyncpg
+import stamina
+from asyncpg.exceptions import _base as pgbase
+
+from etl_assets.errors import RetryableError, classify
+
+__all__ = ["DRIVER_ERRORS", "RetryPolicy", "classified", "retrying"]
+
+# What asyncpg and the OS raise; everything else is a bug and propagates as it is.
+DRIVER_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresError,
+    pgbase.InterfaceError,
+    OSError,
+    TimeoutError,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Bounds for retrying one unit of work: attempts AND total time, backoff + jitter.
+
+    stamina rather than tenacity (retries everything by default) or backoff (archived):
+    ``on=`` is mandatory, both bounds are on by default, and ``stamina.set_testing``
+    removes the sleeps in tests while still exercising the retry path.
+    """
+
+    attempts: int = 6
+    timeout_s: float = 120.0
+    wait_initial_s: float = 0.2
+    wait_max_s: float = 10.0
+    wait_jitter_s: float = 1.0
+
+
+def retrying(policy: RetryPolicy) -> AsyncIterator[stamina.Attempt]:
+    """``async for attempt in retrying(policy): with attempt: ...`` retries RetryableError."""
+    return stamina.retry_context(
+        on=RetryableError,
+        attempts=policy.attempts,
+        timeout=policy.timeout_s,
+        wait_initial=policy.wait_initial_s,
+        wait_max=policy.wait_max_s,
+        wait_jitter=policy.wait_jitter_s,
+    )
+
+
+@contextlib.contextmanager
+def classified() -> Iterator[None]:
+    """Re-raise driver and OS errors as this package's errors (the original as cause)."""
+    try:
+        yield
+    except DRIVER_ERRORS as exc:
+        raise classify(exc) from exc

@@ -1,0 +1,170 @@
+"""Real faults, never mocks: cut connections, killed backends, unreachable servers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import urllib.parse
+
+import pytest
+
+from etl_assets.postgres.resource import APPLICATION_NAME, ConnectionFailedError, PostgresResource
+from etl_assets.postgres.sql import qualified
+from etl_assets.postgres.target import WriteMode
+from etl_assets_tests.postgres.helpers import (
+    events_target,
+    expected,
+    fetch,
+    ledger_sums,
+    load,
+    records,
+    table_rows,
+)
+from etl_assets_tests.postgres.proxy import FaultProxy
+
+
+async def _our_connections(dsn: str) -> int:
+    rows = await fetch(
+        dsn,
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND pid <> pg_backend_pid()",
+        APPLICATION_NAME,
+    )
+    return int(rows[0][0])
+
+
+@pytest.mark.parametrize("mode", [WriteMode.REPLACE, WriteMode.UPSERT])
+def test_batch_whose_commit_outcome_was_lost_is_not_written_twice(
+    pg_dsn: str, schema: str, mode: WriteMode
+) -> None:
+    """The link dies right after COMMIT reaches the server: the retry finds it and counts it once."""
+    target = events_target(schema, mode)
+    url = urllib.parse.urlsplit(pg_dsn)
+
+    async def scenario() -> None:
+        async with FaultProxy(url.hostname or "127.0.0.1", url.port or 5432) as proxy:
+            commits = 0
+
+            def cut_third_commit(chunk: bytes) -> bool:
+                nonlocal commits
+                if b"COMMIT" in chunk:
+                    commits += 1
+                    return commits == 3
+                return False
+
+            proxy.cut_after = cut_third_commit
+            report = await load(proxy.dsn(pg_dsn), target, records(6_000), writers=1)
+        assert proxy.cuts == 1
+        assert report.batches_resumed == 1  # the batch that committed unseen, counted once
+        assert (report.enqueued, report.written, report.dead_lettered) == (6_000, 6_000, 0)
+        assert await table_rows(pg_dsn, target) == expected(6_000)
+        assert await ledger_sums(pg_dsn, schema, "run-1") == (6, 6_000, 6_000, 0)
+
+    asyncio.run(scenario())
+
+
+def test_backend_killed_mid_copy_is_retried_without_loss_or_duplicates(
+    pg_dsn: str, schema: str
+) -> None:
+    """pg_terminate_backend of writers during COPY: retried, 0 lost, 0 duplicated."""
+    target = events_target(schema)
+
+    async def killer(stop: asyncio.Event, kills: list[int]) -> None:
+        while not stop.is_set() and len(kills) < 3:
+            rows = await fetch(
+                pg_dsn,
+                "SELECT pg_terminate_backend(pid), pid FROM pg_stat_activity "
+                "WHERE application_name = $1 AND query LIKE 'COPY%' AND state = 'active'",
+                APPLICATION_NAME,
+            )
+            kills.extend(r["pid"] for r in rows if r[0])
+            await asyncio.sleep(0.002)
+
+    async def scenario() -> None:
+        stop, kills = asyncio.Event(), list[int]()
+        task = asyncio.create_task(killer(stop, kills))
+        report = await load(pg_dsn, target, records(60_000), batch_size=2_000, writers=3)
+        stop.set()
+        await task
+        assert kills, "the fault was never injected: no COPY was caught in flight"
+        assert report.retries >= 1
+        assert (report.enqueued, report.written, report.dead_lettered) == (60_000, 60_000, 0)
+        assert await table_rows(pg_dsn, target) == expected(60_000)
+        assert await _our_connections(pg_dsn) == 0
+
+    asyncio.run(scenario())
+
+
+def test_failed_load_leaves_no_connection_open(pg_dsn: str, schema: str) -> None:
+    """After a load fails, every pooled connection is closed (pg_stat_activity is the judge)."""
+    target = events_target(schema)
+
+    def broken() -> object:
+        yield from records(5_000)
+        raise ValueError("source broke")
+
+    async def scenario() -> None:
+        with pytest.raises(ValueError, match="source broke"):
+            await load(pg_dsn, target, broken(), writers=3)
+        assert await _our_connections(pg_dsn) == 0
+
+    asyncio.run(scenario())
+
+
+def test_unreachable_server_fails_clearly_within_bounded_time(pg_dsn: str) -> None:
+    """No server on the port: bounded retries, then an error naming the host and the fix."""
+    url = urllib.parse.urlsplit(pg_dsn)
+    dsn = f"postgresql://etl:s3cret-pw@127.0.0.1:1/{url.path.lstrip('/')}"
+    resource = PostgresResource(dsn=dsn, connect_attempts=3, connect_timeout_s=2)
+
+    async def scenario() -> None:
+        async with resource.pool():
+            pass
+
+    started = time.monotonic()
+    with pytest.raises(ConnectionFailedError) as info:
+        asyncio.run(scenario())
+    assert time.monotonic() - started < 20
+    message = str(info.value)
+    assert "127.0.0.1:1" in message and "after 3 attempt(s)" in message
+    assert "s3cret-pw" not in message and "s3cret-pw" not in repr(info.value.__cause__)
+
+
+def test_malformed_dsn_is_a_configuration_error_without_the_secret() -> None:
+    """A DSN asyncpg cannot parse gives a clear message that does not echo the password."""
+    resource = PostgresResource(dsn="postgresql://u:hunter2@host:notaport/db")
+
+    async def scenario() -> None:
+        async with resource.pool():
+            pass
+
+    with pytest.raises(Exception, match="malformed") as info:
+        asyncio.run(scenario())
+    assert "hunter2" not in str(info.value)
+
+
+def test_dead_letter_table_has_one_row_per_rejected_record_after_commit_loss(
+    pg_dsn: str, schema: str
+) -> None:
+    """Commits lost in preparation and in a batch with a dead letter: retried, nothing doubled."""
+    target = events_target(schema)
+    url = urllib.parse.urlsplit(pg_dsn)
+    rows = [*records(100), {"event_id": 1000}]  # last record lacks columns: dead letter
+
+    async def scenario() -> None:
+        async with FaultProxy(url.hostname or "127.0.0.1", url.port or 5432) as proxy:
+            commits = 0
+
+            def cut_prepare_and_batch_commits(chunk: bytes) -> bool:
+                # COMMIT 1: the load's DDL/begin (retried as COMMIT 2); COMMIT 3: the batch.
+                nonlocal commits
+                commits += b"COMMIT" in chunk
+                return b"COMMIT" in chunk and commits in (1, 3)
+
+            proxy.cut_after = cut_prepare_and_batch_commits
+            report = await load(proxy.dsn(pg_dsn), target, rows, batch_size=1_000)
+        assert proxy.cuts == 2
+        assert (report.written, report.dead_lettered, report.batches_resumed) == (100, 1, 1)
+        count = await fetch(pg_dsn, f"SELECT count(*) FROM {qualified(schema, 'dead_letters')}")
+        assert count[0][0] == 1
+
+    asyncio.run(scenario())
