@@ -167,7 +167,7 @@ def _tuple_getter(
     getter = factory(*columns)
     if len(columns) == 1:
         return lambda record: (getter(record),)
-    return getter  # type: ignore[return-value]
+    return getter
 
 
 def _errors_by_index(exc: pydantic.ValidationError) -> dict[int, list[dict[str, Any]]]:
@@ -175,7 +175,9 @@ def _errors_by_index(exc: pydantic.ValidationError) -> dict[int, list[dict[str, 
     by_index: dict[int, list[dict[str, Any]]] = {}
     for error in exc.errors(include_url=False, include_context=False, include_input=False):
         index, *loc = error["loc"]
-        by_index.setdefault(int(index), []).append({"loc": loc, "msg": error["msg"], "type": error["type"]})
+        by_index.setdefault(int(index), []).append(
+            {"loc": loc, "msg": error["msg"], "type": error["type"]}
+        )
     return by_index
 
 

@@ -42,7 +42,9 @@ def schema(pg_dsn: str) -> Iterator[str]:
     """A fresh schema (with a quote and a space in its name) dropped after the test."""
     name = f'etl test "{uuid.uuid4().hex[:8]}"'
     yield name
-    asyncio.run(_execute(pg_dsn, f'DROP SCHEMA IF EXISTS "{name.replace(chr(34), chr(34) * 2)}" CASCADE'))
+    asyncio.run(
+        _execute(pg_dsn, f'DROP SCHEMA IF EXISTS "{name.replace(chr(34), chr(34) * 2)}" CASCADE')
+    )
 
 
 async def _execute(dsn: str, sql: str) -> None:

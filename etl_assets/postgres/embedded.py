@@ -96,8 +96,14 @@ class EmbeddedPostgres:
         for name, value in self.settings.items():
             options += f" -c {name}={value}"
         self._pg_ctl(
-            "start", "-w", "-t", str(_START_TIMEOUT_S), "-l", str(self._control / "server.log"),
-            "-o", options,
+            "start",
+            "-w",
+            "-t",
+            str(_START_TIMEOUT_S),
+            "-l",
+            str(self._control / "server.log"),
+            "-o",
+            options,
         )
         _log.info("embedded PostgreSQL started on 127.0.0.1:%d (data in %s)", port, self.data_dir)
         return port
@@ -108,8 +114,14 @@ class EmbeddedPostgres:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._grant_to_system_user(self.data_dir)
         self._run(
-            "initdb", "-D", str(self.data_dir), "--auth=trust", "--encoding=UTF8",
-            "--locale=C", "-U", "postgres",
+            "initdb",
+            "-D",
+            str(self.data_dir),
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C",
+            "-U",
+            "postgres",
         )
 
     def _running_port(self) -> int | None:
@@ -128,14 +140,20 @@ class EmbeddedPostgres:
 
     def _run(self, program: str, *args: str) -> None:
         # As root, drop to the system user: uid AND gid AND groups (user= alone keeps gid 0).
-        drop: dict[str, object] = {}
+        uid = gid = None
+        groups: list[int] | None = None
         if os.geteuid() == 0:
             entry = pwd.getpwnam(_SYSTEM_USER)
-            drop = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+            uid, gid, groups = entry.pw_uid, entry.pw_gid, []
         result = subprocess.run(
             [str(_bin_dir() / program), *args],
-            **drop,  # type: ignore[arg-type]
-            capture_output=True, text=True, timeout=_START_TIMEOUT_S + 30, check=False,
+            user=uid,
+            group=gid,
+            extra_groups=groups,
+            capture_output=True,
+            text=True,
+            timeout=_START_TIMEOUT_S + 30,
+            check=False,
             stdin=subprocess.DEVNULL,
         )
         if result.returncode != 0:

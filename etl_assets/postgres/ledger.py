@@ -97,7 +97,8 @@ class LedgerTables:
                 partition_key text NOT NULL,
                 load_id text NOT NULL,
                 mode text NOT NULL,
-                status text NOT NULL CHECK (status IN ('loading', 'failed', 'published', 'complete')),
+                status text NOT NULL
+                    CHECK (status IN ('loading', 'failed', 'published', 'complete')),
                 staging_table text,
                 enqueued bigint,
                 written bigint,

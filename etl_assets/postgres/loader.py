@@ -26,8 +26,8 @@ import pydantic
 from etl_assets.errors import CircuitBreakerOpenError, ConfigurationError, FatalError
 from etl_assets.postgres.ledger import LedgerTables, PartitionTotals
 from etl_assets.postgres.publish import ReplacePublisher, TargetKind, audit, inspect_target
-from etl_assets.postgres.target import TableTarget, WriteMode
 from etl_assets.postgres.retry import DRIVER_ERRORS, RetryPolicy, classified, retrying
+from etl_assets.postgres.target import TableTarget, WriteMode
 from etl_assets.postgres.writer import BatchResult, BatchWriter, Log, PreparedBatch, batch_digest
 from etl_assets.records import DeadLetter, RecordShaper, payload_json
 
@@ -100,7 +100,11 @@ class _Progress:
 
 
 async def resolve_load_id(
-    pool: asyncpg.Pool, target: TableTarget, day: dt.date, root_id: str, fresh_id: str,
+    pool: asyncpg.Pool,
+    target: TableTarget,
+    day: dt.date,
+    root_id: str,
+    fresh_id: str,
     ledger_schema: str = "etl",
 ) -> str:
     """Resume ``root_id``'s load if it did not finish; otherwise start ``fresh_id``.
@@ -135,11 +139,19 @@ async def load_partition(
     started = time.perf_counter()
 
     kind = await _prepare(pool, ledger, target, publisher, key, settings.retry)
-    destination = publisher.staging if target.mode is WriteMode.REPLACE else (target.schema, target.table)
+    destination = (
+        publisher.staging if target.mode is WriteMode.REPLACE else (target.schema, target.table)
+    )
     writer = BatchWriter(
-        pool, target, ledger,
-        partition_key=key[1], load_id=load_id, destination=destination, retry=settings.retry,
-        max_dead_letters_per_batch=_poison_limit(settings), log=log,
+        pool,
+        target,
+        ledger,
+        partition_key=key[1],
+        load_id=load_id,
+        destination=destination,
+        retry=settings.retry,
+        max_dead_letters_per_batch=_poison_limit(settings),
+        log=log,
     )
     shaper = RecordShaper(target.data_columns, target.partition_column, day, model)
     progress = _Progress()
@@ -155,16 +167,32 @@ async def load_partition(
     log.info(
         "%s partition %s: %d/%d rows written, %d dead-lettered, %d batches (%d resumed), "
         "%d retries, %.1fs, %.0f rows/s",
-        key[0], key[1], totals.written, totals.enqueued, totals.dead_lettered,
-        totals.batches, progress.resumed, progress.retries, elapsed,
+        key[0],
+        key[1],
+        totals.written,
+        totals.enqueued,
+        totals.dead_lettered,
+        totals.batches,
+        progress.resumed,
+        progress.retries,
+        elapsed,
         totals.written / elapsed if elapsed else 0.0,
     )
     return LoadReport(
-        target=key[0], partition_key=key[1], load_id=load_id, mode=target.mode.value,
-        enqueued=totals.enqueued, written=totals.written, dead_lettered=totals.dead_lettered,
-        batches=totals.batches, batches_resumed=progress.resumed, retries=progress.retries,
-        elapsed_s=elapsed, rows_per_s=totals.written / elapsed if elapsed else 0.0,
-        published=target.mode is WriteMode.REPLACE, dead_letter_sample=tuple(progress.sample),
+        target=key[0],
+        partition_key=key[1],
+        load_id=load_id,
+        mode=target.mode.value,
+        enqueued=totals.enqueued,
+        written=totals.written,
+        dead_lettered=totals.dead_lettered,
+        batches=totals.batches,
+        batches_resumed=progress.resumed,
+        retries=progress.retries,
+        elapsed_s=elapsed,
+        rows_per_s=totals.written / elapsed if elapsed else 0.0,
+        published=target.mode is WriteMode.REPLACE,
+        dead_letter_sample=tuple(progress.sample),
     )
 
 
@@ -241,9 +269,13 @@ async def _pipeline(
             elapsed = time.perf_counter() - started
             log.info(
                 "%s partition %s: %d/%d rows written (lag %d), %d dead-lettered, %.0f rows/s",
-                key[0], key[1], progress.written, progress.enqueued,
+                key[0],
+                key[1],
+                progress.written,
+                progress.enqueued,
                 progress.enqueued - progress.written - progress.dead_lettered,
-                progress.dead_lettered, progress.written / elapsed if elapsed else 0.0,
+                progress.dead_lettered,
+                progress.written / elapsed if elapsed else 0.0,
             )
 
     async with asyncio.TaskGroup() as group:
@@ -261,8 +293,12 @@ def _prepare_batch(
         rows, record_nos, duplicates = _last_per_key(rows, record_nos, target, shaper)
         rejected = sorted([*rejected, *duplicates], key=lambda d: d.record_no)
     return PreparedBatch(
-        batch_no=batch_no, enqueued=len(chunk), rows=rows, record_nos=record_nos,
-        rejected=rejected, digest=batch_digest(rows, rejected),
+        batch_no=batch_no,
+        enqueued=len(chunk),
+        rows=rows,
+        record_nos=record_nos,
+        rejected=rejected,
+        digest=batch_digest(rows, rejected),
     )
 
 
@@ -281,18 +317,20 @@ def _last_per_key(
     if len(last) == len(rows):
         return rows, record_nos, []
     keep = set(last.values())
-    superseded = [
-        DeadLetter(
-            record_nos[i],
-            payload_json(dict(zip(shaper.columns, row, strict=True))),
-            "DuplicateKey",
-            f"primary key {dict(zip(target.primary_key, (row[p] for p in positions), strict=True))} "
-            f"repeats later in the same batch (record {record_nos[last[tuple(row[p] for p in positions)]]}); "
-            "the later record was written",
+    superseded = []
+    for i, row in enumerate(rows):
+        if i in keep:
+            continue
+        key = tuple(row[p] for p in positions)
+        superseded.append(
+            DeadLetter(
+                record_nos[i],
+                payload_json(dict(zip(shaper.columns, row, strict=True))),
+                "DuplicateKey",
+                f"primary key {dict(zip(target.primary_key, key, strict=True))} repeats later in "
+                f"the same batch (record {record_nos[last[key]]}); the later record was written",
+            )
         )
-        for i, row in enumerate(rows)
-        if i not in keep
-    ]
     kept = sorted(keep)
     return [rows[i] for i in kept], [record_nos[i] for i in kept], superseded
 
@@ -334,15 +372,22 @@ async def _finish(
         with attempt, classified():
             async with pool.acquire() as conn:
                 totals = await audit(
-                    conn, ledger, key,
-                    expected_enqueued=progress.enqueued, expected_batches=progress.batches_cut,
+                    conn,
+                    ledger,
+                    key,
+                    expected_enqueued=progress.enqueued,
+                    expected_batches=progress.batches_cut,
                 )
                 if target.mode is WriteMode.REPLACE:
                     await publisher.publish(conn, kind, totals)
                 else:
                     await conn.execute(
-                        ledger.finish_load(), *key, "complete",
-                        totals.enqueued, totals.written, totals.dead_lettered,
+                        ledger.finish_load(),
+                        *key,
+                        "complete",
+                        totals.enqueued,
+                        totals.written,
+                        totals.dead_lettered,
                     )
                 return totals
     raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
@@ -355,11 +400,11 @@ async def _mark_failed(
     try:
         async with asyncio.timeout(5), pool.acquire() as conn:
             await conn.execute(ledger.fail_load(), *key)
-    except (*DRIVER_ERRORS, asyncio.CancelledError) as exc:
+    except (*DRIVER_ERRORS, asyncio.CancelledError) as exc:  # type: ignore[misc]
         log.warning("%s partition %s: could not mark the load failed: %r", key[0], key[1], exc)
 
 
-def _first_cause(group: BaseExceptionGroup[Any]) -> BaseException:
+def _first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The error that started it: TaskGroup wraps it, with the cancellations it caused."""
     for exc in group.exceptions:
         if isinstance(exc, BaseExceptionGroup):

@@ -176,7 +176,11 @@ class ReplacePublisher:
                 await self._replace_rows(conn)
             await conn.execute(
                 self.ledger.finish_load(),
-                *self.key, "published", totals.enqueued, totals.written, totals.dead_lettered,
+                *self.key,
+                "published",
+                totals.enqueued,
+                totals.written,
+                totals.dead_lettered,
             )
 
     async def _swap_partition(self, conn: asyncpg.Connection) -> None:

@@ -86,7 +86,9 @@ class PostgresResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         if self.dsn:
             return self.dsn
         if self._embedded_dsn is None:
-            data_dir = Path(self.embedded_data_dir) if self.embedded_data_dir else default_data_dir()
+            data_dir = (
+                Path(self.embedded_data_dir) if self.embedded_data_dir else default_data_dir()
+            )
             self._embedded = EmbeddedPostgres(data_dir)
             self._embedded_dsn = self._embedded.acquire()
         return self._embedded_dsn

@@ -126,7 +126,10 @@ class BatchWriter:
                 if last_error is not None:
                     self._log.warning(
                         "%s partition %s batch %d: attempt %d after %s",
-                        *self._key[:2], batch.batch_no, attempt_no, last_error,
+                        *self._key[:2],
+                        batch.batch_no,
+                        attempt_no,
+                        last_error,
                     )
                 try:
                     return await self._attempt(batch, attempt_no)
@@ -152,12 +155,20 @@ class BatchWriter:
                 if letters:
                     await conn.execute(
                         self._ledger.insert_dead_letters(),
-                        *self._key, batch.batch_no, attempt_no, *dead_letter_arrays(letters),
+                        *self._key,
+                        batch.batch_no,
+                        attempt_no,
+                        *dead_letter_arrays(letters),
                     )
                 await conn.execute(
                     self._ledger.insert_batch(),
-                    *self._key, batch.batch_no, batch.enqueued, written, len(letters),
-                    attempt_no, batch.digest,
+                    *self._key,
+                    batch.batch_no,
+                    batch.enqueued,
+                    written,
+                    len(letters),
+                    attempt_no,
+                    batch.digest,
                 )
         except asyncpg.UniqueViolationError as exc:
             # Only the ledger key can collide here (dead letters upsert): another attempt of
@@ -174,7 +185,11 @@ class BatchWriter:
                 f"!= {batch.enqueued} enqueued"
             )
         return BatchResult(
-            batch.batch_no, batch.enqueued, written, len(letters), attempt_no,
+            batch.batch_no,
+            batch.enqueued,
+            written,
+            len(letters),
+            attempt_no,
             dead_letters=tuple(letters),
         )
 
@@ -187,11 +202,18 @@ class BatchWriter:
             )
         self._log.info(
             "%s partition %s batch %d was already committed (attempt %d); counted once",
-            self._key[0], self._key[1], batch.batch_no, done["attempts"],
+            self._key[0],
+            self._key[1],
+            batch.batch_no,
+            done["attempts"],
         )
         return BatchResult(
-            batch.batch_no, done["enqueued"], done["written"], done["dead_lettered"],
-            done["attempts"], already_committed=True,
+            batch.batch_no,
+            done["enqueued"],
+            done["written"],
+            done["dead_lettered"],
+            done["attempts"],
+            already_committed=True,
         )
 
     async def _isolate(

@@ -23,7 +23,9 @@ class Event(pydantic.BaseModel):
     amount: float
 
 
-def events_target(schema: str, mode: WriteMode = WriteMode.REPLACE, table: str = 'ev "log" x') -> TableTarget:
+def events_target(
+    schema: str, mode: WriteMode = WriteMode.REPLACE, table: str = 'ev "log" x'
+) -> TableTarget:
     return TableTarget(
         schema=schema,
         table=table,
@@ -51,13 +53,23 @@ def settings(**kw: Any) -> LoadSettings:
 
 
 async def load(
-    dsn: str, target: TableTarget, rows: Any, *, load_id: str = "run-1", day: dt.date = DAY,
+    dsn: str,
+    target: TableTarget,
+    rows: Any,
+    *,
+    load_id: str = "run-1",
+    day: dt.date = DAY,
     **kw: Any,
 ) -> LoadReport:
     model = kw.pop("model", None)
     async with PostgresResource(dsn=dsn).pool() as pool:
         return await load_partition(
-            pool, target, day, rows, load_id=load_id, model=model,
+            pool,
+            target,
+            day,
+            rows,
+            load_id=load_id,
+            model=model,
             settings=settings(schema=target.schema, **kw),
         )
 

@@ -76,7 +76,9 @@ class FaultProxy:
         try:
             up = asyncio.create_task(upstream())
             down = asyncio.create_task(downstream())
-            await asyncio.wait({up, down, asyncio.create_task(cut.wait())}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {up, down, asyncio.create_task(cut.wait())}, return_when=asyncio.FIRST_COMPLETED
+            )
             for t in (up, down):
                 t.cancel()
         finally:

@@ -26,7 +26,8 @@ from etl_assets_tests.postgres.proxy import FaultProxy
 async def _our_connections(dsn: str) -> int:
     rows = await fetch(
         dsn,
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND pid <> pg_backend_pid()",
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE application_name = $1 AND pid <> pg_backend_pid()",
         APPLICATION_NAME,
     )
     return int(rows[0][0])
@@ -36,7 +37,7 @@ async def _our_connections(dsn: str) -> int:
 def test_batch_whose_commit_outcome_was_lost_is_not_written_twice(
     pg_dsn: str, schema: str, mode: WriteMode
 ) -> None:
-    """The link dies right after COMMIT reaches the server: the retry finds it and counts it once."""
+    """The link dies right after COMMIT reached the server: the retry finds it, counts it once."""
     target = events_target(schema, mode)
     url = urllib.parse.urlsplit(pg_dsn)
 
@@ -125,8 +126,10 @@ def test_unreachable_server_fails_clearly_within_bounded_time(pg_dsn: str) -> No
         asyncio.run(scenario())
     assert time.monotonic() - started < 20
     message = str(info.value)
-    assert "127.0.0.1:1" in message and "after 3 attempt(s)" in message
-    assert "s3cret-pw" not in message and "s3cret-pw" not in repr(info.value.__cause__)
+    assert "127.0.0.1:1" in message
+    assert "after 3 attempt(s)" in message
+    assert "s3cret-pw" not in message
+    assert info.value.__cause__ is None  # asyncpg's own message may quote the DSN
 
 
 def test_malformed_dsn_is_a_configuration_error_without_the_secret() -> None:

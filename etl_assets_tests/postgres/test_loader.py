@@ -85,7 +85,7 @@ def _failing_after(n: int, tag: str) -> Iterator[dict[str, Any]]:
 
 
 def test_failed_replace_run_leaves_published_partition_untouched(pg_dsn: str, schema: str) -> None:
-    """A run that dies after half its batches publishes nothing; readers only ever see whole days."""
+    """A run dying after half its batches publishes nothing; readers only ever see whole days."""
     target = events_target(schema)
 
     async def reader(stop: asyncio.Event, seen: set[int]) -> None:
@@ -113,7 +113,9 @@ def test_failed_replace_run_leaves_published_partition_untouched(pg_dsn: str, sc
             f"SELECT load_id, status FROM {qualified(schema, 'partition_loads')} ORDER BY load_id",
         )
         assert [tuple(r) for r in status] == [
-            ("run-1", "published"), ("run-2", "failed"), ("run-3", "published"),
+            ("run-1", "published"),
+            ("run-2", "failed"),
+            ("run-3", "published"),
         ]
 
     asyncio.run(scenario())
@@ -123,12 +125,18 @@ def test_resumed_load_writes_only_the_batches_after_the_failure(pg_dsn: str, sch
     """Re-executing a failed load (same load id) skips committed batches; the result is exact."""
     target = events_target(schema)
 
-    ledger_rows = f"SELECT batch_no, committed_at FROM {qualified(schema, 'load_ledger')} ORDER BY 1"
+    ledger_rows = (
+        f"SELECT batch_no, committed_at FROM {qualified(schema, 'load_ledger')} ORDER BY 1"
+    )
 
     async def scenario() -> None:
-        with pytest.raises(OSError):
+        with pytest.raises(OSError, match="vanished"):
             await load(
-                pg_dsn, target, _failing_after(4_000, "x"), load_id="root", writers=1,
+                pg_dsn,
+                target,
+                _failing_after(4_000, "x"),
+                load_id="root",
+                writers=1,
                 queue_depth=0,  # a queue of one: batch k+2 is cut only once batch k committed
             )
         before = {r["batch_no"]: r["committed_at"] for r in await fetch(pg_dsn, ledger_rows)}
@@ -149,9 +157,13 @@ def test_resume_refuses_batches_that_changed(pg_dsn: str, schema: str) -> None:
     target = events_target(schema)
 
     async def scenario() -> None:
-        with pytest.raises(OSError):
+        with pytest.raises(OSError, match="vanished"):
             await load(
-                pg_dsn, target, _failing_after(4_000, "old"), load_id="root", writers=1,
+                pg_dsn,
+                target,
+                _failing_after(4_000, "old"),
+                load_id="root",
+                writers=1,
                 queue_depth=0,
             )
         with pytest.raises(FatalError, match="committed with different records"):
@@ -226,17 +238,18 @@ class Reading(pydantic.BaseModel):
 
 
 def test_invalid_records_are_dead_lettered_with_field_errors(pg_dsn: str, schema: str) -> None:
-    """Records failing pydantic validation are quarantined with their field errors; the rest land."""
+    """Records failing pydantic validation are quarantined with their field errors; others land."""
     target = TableTarget(
         schema=schema,
         table="readings",
-        columns=(Column("sensor", "text"), Column("value", "double precision"),
-                 Column("taken_at", "timestamptz")),
+        columns=(
+            Column("sensor", "text"),
+            Column("value", "double precision"),
+            Column("taken_at", "timestamptz"),
+        ),
     )
     when = dt.datetime(2024, 3, 1, 12, tzinfo=dt.UTC)
-    rows: list[Any] = [
-        {"sensor": f"s{i}", "value": i, "taken_at": when} for i in range(100)
-    ]
+    rows: list[Any] = [{"sensor": f"s{i}", "value": i, "taken_at": when} for i in range(100)]
     rows[17] = {"sensor": "s17", "value": "not a number", "taken_at": when}
     rows[42] = {"sensor": "s42", "taken_at": "yesterday-ish"}
 
@@ -248,7 +261,8 @@ def test_invalid_records_are_dead_lettered_with_field_errors(pg_dsn: str, schema
         assert {r["error_class"] for r in letters} == {"ValidationError"}
         assert json.loads(letters[0]["error_detail"])[0]["loc"] == ["value"]
         assert {tuple(e["loc"]) for e in json.loads(letters[1]["error_detail"])} == {
-            ("value",), ("taken_at",)
+            ("value",),
+            ("taken_at",),
         }
         assert json.loads(letters[1]["payload"]) == {"sensor": "s42", "taken_at": "yesterday-ish"}
         count = await fetch(pg_dsn, f"SELECT count(*) FROM {target.sql_name}")
@@ -295,8 +309,10 @@ def test_record_for_another_day_is_not_written_into_this_partition(
 ) -> None:
     """A record whose date column disagrees with the partition key is dead-lettered."""
     target = events_target(schema)
-    rows = [*records(3), {"event_id": 9, "user name": "x", "amount": 1.0,
-                          "data date": DAY + dt.timedelta(days=1)}]
+    rows = [
+        *records(3),
+        {"event_id": 9, "user name": "x", "amount": 1.0, "data date": DAY + dt.timedelta(days=1)},
+    ]
 
     async def scenario() -> None:
         report = await load(pg_dsn, target, rows)

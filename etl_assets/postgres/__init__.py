@@ -1,0 +1,1 @@
+"""The Postgres layer: how rows get in (SQL, transactions, retries, ledger)."""
