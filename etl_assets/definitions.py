@@ -7,7 +7,6 @@ A first daily-partitioned asset on the core engine; the IO manager, the log-inge
 pipeline, the dead-letter asset and the blocking checks build on it (issue 3).
 """
 
-
 import asyncio
 import datetime as dt
 import os
@@ -65,11 +64,21 @@ def sample_events_table(
     async def run() -> Any:
         async with postgres.pool() as pool:
             load_id = await resolve_load_id(
-                pool, SAMPLE_EVENTS, day, context.run.root_run_id or context.run.run_id, context.run.run_id
+                pool,
+                SAMPLE_EVENTS,
+                day,
+                context.run.root_run_id or context.run.run_id,
+                context.run.run_id,
             )
             return await load_partition(
-                pool, SAMPLE_EVENTS, day, sample_events(day, config.records_per_day),
-                load_id=load_id, model=SampleEvent, settings=LoadSettings(), log=context.log,
+                pool,
+                SAMPLE_EVENTS,
+                day,
+                sample_events(day, config.records_per_day),
+                load_id=load_id,
+                model=SampleEvent,
+                settings=LoadSettings(),
+                log=context.log,
             )
 
     report = asyncio.run(run())

@@ -43,16 +43,32 @@ def main(argv: list[str] | None = None) -> int:
             server.release()
 
 
-def _run_until_stopped(command: list[str]) -> int:
-    """Run ``command``; forward Ctrl-C/SIGTERM to it and wait, so teardown always happens."""
-    child = subprocess.Popen(command)
+def _run_until_stopped(command: list[str], grace_s: float = 30.0) -> int:
+    """Run ``command`` until it exits or we are told to stop (Ctrl-C or SIGTERM).
 
-    def forward(signum: int, _frame: object) -> None:
-        child.send_signal(signum)
+    ``dagster dev`` shuts down cleanly on SIGINT only, so a SIGTERM is passed on as
+    SIGINT; past ``grace_s`` it is killed, so the embedded server is always released.
+    The child gets SIGINT back at its default even when we were started with it
+    ignored (a background job), or it could not be stopped gracefully at all.
+    """
+    child = subprocess.Popen(command, preexec_fn=_default_sigint)  # noqa: PLW1509
+    stopping: list[bool] = []
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    return child.wait()
+    def stop(_signum: int, _frame: object) -> None:
+        stopping.append(True)
+        child.send_signal(signal.SIGINT)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while True:
+        try:
+            return child.wait(timeout=grace_s if stopping else None)
+        except subprocess.TimeoutExpired:
+            child.kill()
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 async def _ensure_database(dsn: str, name: str) -> None:
@@ -66,8 +82,10 @@ async def _ensure_database(dsn: str, name: str) -> None:
 
 
 def _with_database(dsn: str, name: str) -> str:
+    """The same server, database ``name``, with the driver dagster-postgres ships (psycopg2):
+    SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3, which is not installed."""
     parts = urllib.parse.urlsplit(dsn)
-    return urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))
+    return urllib.parse.urlunsplit(parts._replace(scheme="postgresql+psycopg2", path=f"/{name}"))
 
 
 if __name__ == "__main__":
