@@ -51,7 +51,7 @@ def _run_until_stopped(command: list[str], grace_s: float = 30.0) -> int:
     The child gets SIGINT back at its default even when we were started with it
     ignored (a background job), or it could not be stopped gracefully at all.
     """
-    child = subprocess.Popen(command, preexec_fn=_default_sigint)  # noqa: PLW1509
+    child = subprocess.Popen(command, preexec_fn=_default_sigint)
     stopping: list[bool] = []
 
     def stop(_signum: int, _frame: object) -> None:

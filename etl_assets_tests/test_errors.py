@@ -1,0 +1,82 @@
+"""classify(): by exception class and SQLSTATE, never by message text."""
+
+from __future__ import annotations
+
+import asyncpg
+import asyncpg.exceptions as pgexc
+import pytest
+from asyncpg.exceptions import _base as pgbase
+
+from etl_assets.errors import ConfigurationError, FatalError, RecordError, RetryableError, classify
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        pgexc.ConnectionDoesNotExistError("gone"),  # 08003
+        pgexc.AdminShutdownError("bye"),  # 57P01
+        pgexc.TooManyConnectionsError("full"),  # 53300
+        pgexc.SerializationError("retry"),  # 40001
+        pgexc.DeadlockDetectedError("deadlock"),  # 40P01
+        pgexc.QueryCanceledError("statement timeout"),  # 57014
+        pgbase.InterfaceError("connection is closed"),
+        ConnectionRefusedError(111, "refused"),
+        TimeoutError(),
+    ],
+)
+def test_transient_errors_are_retryable(exc: BaseException) -> None:
+    """Connection loss, shutdown, resources, serialization and timeouts are retried."""
+    assert isinstance(classify(exc), RetryableError)
+
+
+@pytest.mark.parametrize(
+    ("exc", "sqlstate"),
+    [
+        (pgexc.CheckViolationError("check"), "23514"),
+        (pgexc.NotNullViolationError("null"), "23502"),
+        (pgexc.UniqueViolationError("dup"), "23505"),
+        (pgexc.CharacterNotInRepertoireError("nul"), "22021"),
+        (pgexc.NumericValueOutOfRangeError("big"), "22003"),
+    ],
+)
+def test_data_errors_are_record_errors_with_their_sqlstate(
+    exc: BaseException, sqlstate: str
+) -> None:
+    """Classes 22 and 23 belong to a record: isolate it, do not retry."""
+    error = classify(exc)
+    assert isinstance(error, RecordError)
+    assert error.sqlstate == sqlstate
+
+
+def test_client_side_encoding_error_is_a_record_error() -> None:
+    """asyncpg failing to encode a value is the record's fault too."""
+    assert isinstance(classify(pgbase.DataError("invalid input for query argument")), RecordError)
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        pgexc.UndefinedColumnError("no such column"),  # 42703: schema, not data
+        pgexc.UndefinedTableError("no such table"),
+        pgexc.DatabaseDroppedError("dropped"),  # 57P04: waiting will not help
+        RuntimeError("a bug"),
+    ],
+)
+def test_schema_and_unknown_errors_are_fatal(exc: BaseException) -> None:
+    """Unknown errors are fatal, never silently retried or bisected row by row."""
+    error = classify(exc)
+    assert isinstance(error, FatalError)
+    assert not isinstance(error, RetryableError | RecordError)
+
+
+def test_bad_password_is_a_configuration_error_that_names_the_fix() -> None:
+    """Authentication failures say to check the DSN credentials."""
+    error = classify(pgexc.InvalidPasswordError("password authentication failed"))
+    assert isinstance(error, ConfigurationError)
+    assert "check the DSN" in str(error)
+
+
+def test_sqlstate_decides_not_the_message() -> None:
+    """A localized or misleading message does not change the classification."""
+    error = classify(asyncpg.PostgresError.new({"C": "40001", "M": "connection refused"}))
+    assert isinstance(error, RetryableError)
