@@ -22,6 +22,19 @@ class FaultProxy:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
+    def cut_on_commits(self, *numbers: int) -> None:
+        """Cut the link right after the n-th COMMIT (1-based) for each n in ``numbers``."""
+        seen = 0
+
+        def rule(chunk: bytes) -> bool:
+            nonlocal seen
+            if b"COMMIT" not in chunk:
+                return False
+            seen += 1
+            return seen in numbers
+
+        self.cut_after = rule
+
     async def __aenter__(self) -> FaultProxy:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
         return self

@@ -43,16 +43,7 @@ def test_batch_whose_commit_outcome_was_lost_is_not_written_twice(
 
     async def scenario() -> None:
         async with FaultProxy(url.hostname or "127.0.0.1", url.port or 5432) as proxy:
-            commits = 0
-
-            def cut_third_commit(chunk: bytes) -> bool:
-                nonlocal commits
-                if b"COMMIT" in chunk:
-                    commits += 1
-                    return commits == 3
-                return False
-
-            proxy.cut_after = cut_third_commit
+            proxy.cut_on_commits(3)  # 1: the load's DDL/begin, 2: batch 0, 3: batch 1
             report = await load(proxy.dsn(pg_dsn), target, records(6_000), writers=1)
         assert proxy.cuts == 1
         assert report.batches_resumed == 1  # the batch that committed unseen, counted once
@@ -155,15 +146,8 @@ def test_dead_letter_table_has_one_row_per_rejected_record_after_commit_loss(
 
     async def scenario() -> None:
         async with FaultProxy(url.hostname or "127.0.0.1", url.port or 5432) as proxy:
-            commits = 0
-
-            def cut_prepare_and_batch_commits(chunk: bytes) -> bool:
-                # COMMIT 1: the load's DDL/begin (retried as COMMIT 2); COMMIT 3: the batch.
-                nonlocal commits
-                commits += b"COMMIT" in chunk
-                return b"COMMIT" in chunk and commits in (1, 3)
-
-            proxy.cut_after = cut_prepare_and_batch_commits
+            # COMMIT 1: the load's DDL/begin (retried as COMMIT 2); COMMIT 3: the batch.
+            proxy.cut_on_commits(1, 3)
             report = await load(proxy.dsn(pg_dsn), target, rows, batch_size=1_000)
         assert proxy.cuts == 2
         assert (report.written, report.dead_lettered, report.batches_resumed) == (100, 1, 1)
