@@ -164,6 +164,7 @@ async def load_partition(
             raise _first_cause(exc) from exc
         raise
     elapsed = time.perf_counter() - started
+    rows_per_s = totals.written / elapsed if elapsed else 0.0
     log.info(
         "%s partition %s: %d/%d rows written, %d dead-lettered, %d batches (%d resumed), "
         "%d retries, %.1fs, %.0f rows/s",
@@ -176,7 +177,7 @@ async def load_partition(
         progress.resumed,
         progress.retries,
         elapsed,
-        totals.written / elapsed if elapsed else 0.0,
+        rows_per_s,
     )
     return LoadReport(
         target=key[0],
@@ -190,7 +191,7 @@ async def load_partition(
         batches_resumed=progress.resumed,
         retries=progress.retries,
         elapsed_s=elapsed,
-        rows_per_s=totals.written / elapsed if elapsed else 0.0,
+        rows_per_s=rows_per_s,
         published=target.mode is WriteMode.REPLACE,
         dead_letter_sample=tuple(progress.sample),
     )

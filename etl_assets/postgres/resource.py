@@ -16,12 +16,11 @@ from typing import Any
 
 import asyncpg
 import dagster as dg
-import stamina
 from pydantic import Field, PrivateAttr
 
 from etl_assets.errors import ConfigurationError, FatalError, RetryableError, classify
 from etl_assets.postgres.embedded import EmbeddedPostgres, default_data_dir
-from etl_assets.postgres.retry import DRIVER_ERRORS
+from etl_assets.postgres.retry import DRIVER_ERRORS, RetryPolicy, retrying
 
 __all__ = ["ConnectionFailedError", "PostgresResource", "redact_dsn"]
 
@@ -129,13 +128,13 @@ class PostgresResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         }
         attempts = 0
         try:
-            async for attempt in stamina.retry_context(
-                on=RetryableError,
+            policy = RetryPolicy(
                 attempts=self.connect_attempts,
-                timeout=self.connect_budget_s,
-                wait_initial=0.5,
-                wait_max=5.0,
-            ):
+                timeout_s=self.connect_budget_s,
+                wait_initial_s=0.5,
+                wait_max_s=5.0,
+            )
+            async for attempt in retrying(policy):
                 with attempt:
                     attempts = attempt.num
                     return await _create_pool(dsn, options)
