@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from etl_assets.errors import ConfigurationError
+from etl_assets.paths import home
 
 __all__ = ["EmbeddedPostgres", "default_data_dir"]
 
@@ -36,8 +37,7 @@ _START_TIMEOUT_S = 60
 
 def default_data_dir() -> Path:
     """``$ETL_ASSETS_HOME/pgdata``, by default ``./.etl_assets/pgdata`` (git-ignored)."""
-    home = os.environ.get("ETL_ASSETS_HOME") or str(Path.cwd() / ".etl_assets")
-    return Path(home).resolve() / "pgdata"
+    return home() / "pgdata"
 
 
 class EmbeddedPostgres:

@@ -90,6 +90,7 @@ class LedgerTables:
                 replayed_at timestamptz,
                 UNIQUE (target, partition_key, load_id, record_no)
             )""",
+            f"ALTER TABLE {self.dead_letters} ADD COLUMN IF NOT EXISTS replayed_by text",
             f"""CREATE INDEX IF NOT EXISTS dead_letters_open_idx
                 ON {self.dead_letters} (target, partition_key) WHERE NOT replayed""",
             f"""CREATE TABLE IF NOT EXISTS {self.loads} (

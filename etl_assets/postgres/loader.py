@@ -31,7 +31,14 @@ from etl_assets.postgres.target import TableTarget, WriteMode
 from etl_assets.postgres.writer import BatchResult, BatchWriter, Log, PreparedBatch, batch_digest
 from etl_assets.records import DeadLetter, RecordShaper, payload_json
 
-__all__ = ["LoadReport", "LoadSettings", "load_partition", "resolve_load_id"]
+__all__ = [
+    "LoadReport",
+    "LoadSettings",
+    "ensure_ledger",
+    "load_partition",
+    "mark_load_failed",
+    "resolve_load_id",
+]
 
 _DDL_LOCK = 0x65746C5F  # "etl_": serializes DDL of concurrent loads (CREATE IF NOT EXISTS races)
 _SAMPLE = 10
@@ -114,7 +121,7 @@ async def resolve_load_id(
     """
     ledger = LedgerTables(ledger_schema)
     async with pool.acquire() as conn:
-        await _ensure_ledger(conn, ledger)
+        await ensure_ledger(conn, ledger)
         status = await conn.fetchval(ledger.select_load(), target.name, day.isoformat(), root_id)
     return fresh_id if status in ("published", "complete") else root_id
 
@@ -159,7 +166,7 @@ async def load_partition(
         await _pipeline(records, shaper, writer, target, settings, progress, log, key, started)
         totals = await _finish(pool, ledger, target, publisher, kind, key, progress, settings)
     except BaseException as exc:
-        await _mark_failed(pool, ledger, key, log)
+        await mark_load_failed(pool, ledger, key, log)
         if isinstance(exc, BaseExceptionGroup):
             raise _first_cause(exc) from exc
         raise
@@ -210,7 +217,7 @@ async def _prepare(
         with attempt, classified():
             async with pool.acquire() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", _DDL_LOCK)
-                await _ensure_ledger(conn, ledger)
+                await ensure_ledger(conn, ledger)
                 await conn.execute(target.create_table_sql())
                 kind = await inspect_target(conn, target)
                 status = await conn.fetchval(ledger.select_load(), *key)
@@ -227,7 +234,7 @@ async def _prepare(
     raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
 
 
-async def _ensure_ledger(conn: asyncpg.Connection, ledger: LedgerTables) -> None:
+async def ensure_ledger(conn: asyncpg.Connection, ledger: LedgerTables) -> None:
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _DDL_LOCK)
         for statement in ledger.ddl():
@@ -394,7 +401,7 @@ async def _finish(
     raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
 
 
-async def _mark_failed(
+async def mark_load_failed(
     pool: asyncpg.Pool, ledger: LedgerTables, key: tuple[str, str, str], log: Log
 ) -> None:
     """Best effort: the run is failing anyway, and the original error must win."""

@@ -8,11 +8,12 @@ the embedded server is leased for the step and released at teardown.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import dagster as dg
@@ -22,9 +23,26 @@ from etl_assets.errors import ConfigurationError, FatalError, RetryableError, cl
 from etl_assets.postgres.embedded import EmbeddedPostgres, default_data_dir
 from etl_assets.postgres.retry import DRIVER_ERRORS, RetryPolicy, retrying
 
-__all__ = ["ConnectionFailedError", "PostgresResource", "redact_dsn"]
+__all__ = ["ConnectionFailedError", "PostgresResource", "redact_dsn", "run_sync"]
 
 APPLICATION_NAME = "etl_assets"
+
+T = TypeVar("T")
+
+
+def run_sync(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine to completion on a fresh event loop, closed afterwards.
+
+    Dagster calls assets, IO managers and checks synchronously. If the calling thread
+    already runs a loop (an ``async def`` asset), the work gets a thread of its own:
+    one loop per call either way, never a loop shared with code we do not own.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # the usual case: no loop in this thread
+        return asyncio.run(main())
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="etl-assets") as pool:
+        return pool.submit(asyncio.run, main()).result()
 
 
 class ConnectionFailedError(FatalError):
@@ -69,6 +87,10 @@ class PostgresResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     command_timeout_s: float | None = Field(
         default=None, description="Client-side timeout per statement (None: none)."
     )
+    ledger_schema: str = Field(
+        default="etl",
+        description="Schema of the load ledger, the dead-letter queue and the load states.",
+    )
 
     _embedded: EmbeddedPostgres | None = PrivateAttr(default=None)
     _embedded_dsn: str | None = PrivateAttr(default=None)
@@ -97,6 +119,15 @@ class PostgresResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         if self._embedded is not None:
             self._embedded.release()
             self._embedded, self._embedded_dsn = None, None
+
+    def run(self, work: Callable[[asyncpg.Pool], Awaitable[T]], **pool_overrides: Any) -> T:
+        """``work(pool)`` on its own event loop, with a pool closed on every path."""
+
+        async def main() -> T:
+            async with self.pool(**pool_overrides) as pool:
+                return await work(pool)
+
+        return run_sync(main)
 
     @contextlib.asynccontextmanager
     async def pool(self, **overrides: Any) -> AsyncIterator[asyncpg.Pool]:

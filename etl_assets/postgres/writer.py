@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import pickle
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -41,6 +41,9 @@ __all__ = ["BatchResult", "BatchWriter", "Log", "PreparedBatch", "batch_digest"]
 Row = tuple[Any, ...]
 
 _UPSERT_STAGE = "_etl_upsert_stage"
+
+Claim = Callable[[asyncpg.Connection, "PreparedBatch"], Awaitable[None]]
+"""Runs first in a batch's transaction (replay: take the dead letters it re-drives)."""
 
 
 class Log(Protocol):
@@ -98,6 +101,7 @@ class BatchWriter:
         retry: RetryPolicy,
         max_dead_letters_per_batch: int | None = None,
         log: Log | None = None,
+        claim: Claim | None = None,
     ) -> None:
         self._pool = pool
         self._target = target
@@ -108,6 +112,7 @@ class BatchWriter:
         self._max_dead = max_dead_letters_per_batch
         self._log: Log = log or logging.getLogger(__name__)
         self._columns = list(target.row_columns)
+        self._claim = claim
         if target.mode is WriteMode.UPSERT:
             self._upsert_sql = upsert_statement(
                 target.sql_name,
@@ -144,6 +149,8 @@ class BatchWriter:
                 done = await conn.fetchrow(self._ledger.select_batch(), *self._key, batch.batch_no)
                 if done is not None:
                     return self._committed_before(batch, done)
+                if self._claim is not None:
+                    await self._claim(conn, batch)
                 if self._target.mode is WriteMode.UPSERT:
                     await conn.execute(
                         f"CREATE TEMP TABLE {quote_ident(_UPSERT_STAGE)} "

@@ -1,0 +1,221 @@
+"""ResilientPostgresIOManager: Dagster outputs into PostgreSQL partitions, nothing lost.
+
+An asset returns its records (a list, or better an iterator: the load streams it in
+bounded batches) and declares its table with :class:`~etl_assets.spec.PostgresTable`
+metadata. The partition key is the data date. A run over several partitions
+(``BackfillPolicy.single_run()``) returns ``{partition_key: records}`` and each partition
+is loaded, ledgered and published on its own.
+
+Dagster calls IO managers synchronously; each call runs the async engine on one fresh
+event loop with one pool, closed on every path (``PostgresResource.run``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import asyncpg
+import dagster as dg
+from pydantic import Field
+
+from etl_assets.errors import ConfigurationError
+from etl_assets.postgres.loader import LoadReport, LoadSettings, load_partition, resolve_load_id
+from etl_assets.postgres.resource import PostgresResource
+from etl_assets.postgres.retry import RetryPolicy
+from etl_assets.postgres.sql import column_list, quote_ident
+from etl_assets.postgres.target import TableTarget
+from etl_assets.postgres.writer import Log
+from etl_assets.spec import PostgresTable
+
+__all__ = ["ResilientPostgresIOManager", "data_date", "load_report_metadata"]
+
+
+class ResilientPostgresIOManager(dg.ConfigurableIOManager):
+    """Writes each partition through the ledgered, retried, audited load engine."""
+
+    postgres: dg.ResourceDependency[PostgresResource]
+    batch_size: int = Field(default=10_000, ge=1, description="Records per transaction.")
+    writers: int = Field(default=3, ge=1, description="Concurrent batch writers per partition.")
+    max_dead_letter_ratio: float = Field(
+        default=0.05, ge=0, le=1, description="Dead-letter share that trips the breaker."
+    )
+    retry_attempts: int = Field(default=6, ge=1, description="Attempts per transaction.")
+    retry_budget_s: float = Field(
+        default=120.0, gt=0, description="Total seconds one transaction may spend retrying."
+    )
+
+    def settings(self, spec: PostgresTable) -> LoadSettings:
+        return LoadSettings(
+            batch_size=spec.batch_size or self.batch_size,
+            writers=self.writers,
+            max_dead_letter_ratio=self.max_dead_letter_ratio,
+            retry=RetryPolicy(attempts=self.retry_attempts, timeout_s=self.retry_budget_s),
+            ledger_schema=self.postgres.ledger_schema,
+        )
+
+    def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
+        owner = context.asset_key.to_user_string()
+        spec = PostgresTable.from_metadata(context.definition_metadata, owner)
+        partitions = _partitions(context, obj, owner)
+        run_ids = _run_ids(context)
+        settings = self.settings(spec)
+
+        async def load_all(pool: asyncpg.Pool) -> list[LoadReport]:
+            reports = []
+            for key, records in partitions:
+                reports.append(
+                    await _load_one(
+                        pool, spec, data_date(key), records, run_ids, settings, context.log
+                    )
+                )
+            return reports
+
+        reports = self.postgres.run(load_all)
+        context.add_output_metadata(load_report_metadata(reports))
+
+    def load_input(self, context: dg.InputContext) -> list[dict[str, Any]]:
+        """The upstream rows of the input's partitions (all rows if it has none)."""
+        upstream = context.upstream_output
+        if upstream is None or not upstream.has_asset_key:
+            raise ConfigurationError("ResilientPostgresIOManager loads asset inputs only")
+        owner = upstream.asset_key.to_user_string()
+        spec = PostgresTable.from_metadata(upstream.definition_metadata, owner)
+        days = (
+            [data_date(k) for k in context.asset_partition_keys]
+            if context.has_asset_partitions
+            else None
+        )
+        target = spec.target()
+
+        async def read(pool: asyncpg.Pool) -> list[dict[str, Any]]:
+            return await read_partitions(pool, target, days, owner)
+
+        return self.postgres.run(read)
+
+
+async def _load_one(
+    pool: asyncpg.Pool,
+    spec: PostgresTable,
+    day: dt.date,
+    records: Iterable[Any],
+    run_ids: tuple[str, str],
+    settings: LoadSettings,
+    log: Log,
+) -> LoadReport:
+    target = spec.target()
+    load_id = await resolve_load_id(pool, target, day, *run_ids, settings.ledger_schema)
+    return await load_partition(
+        pool, target, day, records, load_id=load_id, model=spec.model, settings=settings, log=log
+    )
+
+
+async def read_partitions(
+    pool: asyncpg.Pool, target: TableTarget, days: Sequence[dt.date] | None, owner: str
+) -> list[dict[str, Any]]:
+    """Rows of ``days`` (or of the whole table), ordered by data date."""
+    sql = f"SELECT {column_list(target.row_columns)} FROM {target.sql_name}"
+    args: list[Any] = []
+    if days is not None:
+        sql += f" WHERE {quote_ident(target.partition_column)} = ANY($1::date[])"
+        args.append(list(days))
+    sql += f" ORDER BY {quote_ident(target.partition_column)}"
+    try:
+        async with pool.acquire() as conn:
+            return [dict(row) for row in await conn.fetch(sql, *args)]
+    except asyncpg.UndefinedTableError:
+        raise ConfigurationError(
+            f"table {target.name} does not exist yet: materialize asset {owner} first"
+        ) from None
+
+
+def data_date(partition_key: str) -> dt.date:
+    """The data date a partition key names (daily partitions: ``YYYY-MM-DD``)."""
+    try:
+        return dt.date.fromisoformat(partition_key)
+    except ValueError:
+        raise ConfigurationError(
+            f"partition key {partition_key!r} is not a date (YYYY-MM-DD); etl_assets writes "
+            "one partition per data date: use a DailyPartitionsDefinition"
+        ) from None
+
+
+def _partitions(context: dg.OutputContext, obj: Any, owner: str) -> list[tuple[str, Iterable[Any]]]:
+    """``(partition_key, records)`` for each partition of the run."""
+    if not context.has_asset_partitions:
+        raise ConfigurationError(
+            f"asset {owner} is not partitioned; ResilientPostgresIOManager writes one "
+            "partition per data date (give it partitions_def=DailyPartitionsDefinition(...))"
+        )
+    keys = list(context.asset_partition_keys)
+    if isinstance(obj, Mapping):
+        if set(obj) != set(keys):
+            raise ConfigurationError(
+                f"asset {owner} returned records for partitions {sorted(obj)[:5]}, but the run "
+                f"covers {keys[:5]}{' ...' if len(keys) > 5 else ''}: return exactly one entry "
+                "per partition of the run"
+            )
+        parts = [(k, obj[k]) for k in keys]
+    elif len(keys) == 1:
+        parts = [(keys[0], obj)]
+    else:
+        raise ConfigurationError(
+            f"asset {owner} ran for {len(keys)} partitions in one run (single-run backfill); "
+            "return a dict {partition_key: records} so each partition is loaded on its own"
+        )
+    for key, records in parts:
+        if (
+            records is None
+            or isinstance(records, str | bytes | Mapping)
+            or not isinstance(records, Iterable)
+        ):
+            raise ConfigurationError(
+                f"asset {owner} partition {key}: expected a list or an iterator of records "
+                f"(pydantic models or dicts), got {type(records).__name__}"
+            )
+    return parts
+
+
+def _run_ids(context: dg.OutputContext) -> tuple[str, str]:
+    """(root run id, run id): a re-executed failed run resumes its root's load."""
+    run = context.step_context.dagster_run
+    return run.root_run_id or run.run_id, run.run_id
+
+
+def load_report_metadata(reports: Sequence[LoadReport]) -> dict[str, Any]:
+    """Numbers the UI plots across partitions; a multi-partition run reports totals."""
+    if len(reports) == 1:
+        [report] = reports
+        return {
+            "enqueued": report.enqueued,
+            "written": report.written,
+            "dead_lettered": report.dead_lettered,
+            "batches": report.batches,
+            "batches_resumed": report.batches_resumed,
+            "retries": report.retries,
+            "rows_per_s": round(report.rows_per_s, 1),
+            "elapsed_s": round(report.elapsed_s, 3),
+            "load_id": report.load_id,
+            "table": report.target,
+            "mode": report.mode,
+            "dagster/row_count": report.written,
+        }
+    lines = [
+        "| partition | enqueued | written | dead-lettered | retries |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r.partition_key} | {r.enqueued} | {r.written} | {r.dead_lettered} | {r.retries} |"
+        for r in reports
+    ]
+    return {
+        "partitions_loaded": len(reports),
+        "enqueued_total": sum(r.enqueued for r in reports),
+        "written_total": sum(r.written for r in reports),
+        "dead_lettered_total": sum(r.dead_lettered for r in reports),
+        "retries_total": sum(r.retries for r in reports),
+        "elapsed_s_total": round(sum(r.elapsed_s for r in reports), 3),
+        "table": reports[0].target if reports else "",
+        "per_partition": dg.MetadataValue.md("\n".join(lines)),
+    }

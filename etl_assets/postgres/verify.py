@@ -1,0 +1,170 @@
+"""Database truth about a published partition: the ledger against the target's rows.
+
+This is what the blocking asset checks run. Nothing here trusts an in-memory counter or
+the run's own report: the latest finished load of the partition is looked up in the
+ledger, its batches are summed again, its dead letters are counted, and the target's
+rows for the data date are counted, all in one snapshot (REPEATABLE READ).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from dataclasses import dataclass
+
+import asyncpg
+
+from etl_assets.postgres.ledger import LedgerTables
+from etl_assets.postgres.sql import column_list, quote_ident
+from etl_assets.postgres.target import TableTarget, WriteMode
+
+__all__ = [
+    "REPLAY_MODE",
+    "PartitionAudit",
+    "audit_partition",
+    "duplicate_keys",
+    "latest_load",
+]
+
+REPLAY_MODE = "replay"
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionAudit:
+    """One partition's accounting, and what does not add up."""
+
+    partition_key: str
+    load_id: str | None
+    enqueued: int
+    written: int
+    dead_lettered: int
+    replayed_in: int  # rows written into the partition by replays since that load
+    in_table: int
+    dead_letter_rows: int
+    problems: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def dead_letter_ratio(self) -> float:
+        return self.dead_lettered / self.enqueued if self.enqueued else 0.0
+
+    def metadata(self) -> dict[str, int | float | str]:
+        return {
+            "partition": self.partition_key,
+            "load_id": self.load_id or "",
+            "enqueued": self.enqueued,
+            "written": self.written,
+            "dead_lettered": self.dead_lettered,
+            "replayed_in": self.replayed_in,
+            "in_table": self.in_table,
+            "dead_letter_rows": self.dead_letter_rows,
+        }
+
+
+async def audit_partition(
+    conn: asyncpg.Connection, ledger: LedgerTables, target: TableTarget, day: dt.date
+) -> PartitionAudit:
+    """Compare the ledger of the partition's latest finished load with the target's rows."""
+    key = day.isoformat()
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        for table in (target.sql_name, ledger.loads):
+            if await conn.fetchval("SELECT to_regclass($1) IS NULL", table):
+                return PartitionAudit(
+                    key, None, 0, 0, 0, 0, 0, 0,
+                    (f"table {table} does not exist: the asset was never materialized",),
+                )  # fmt: skip
+        load = await latest_load(conn, ledger, target.name, key)
+        in_table = await _count_rows(conn, target, day)
+        if load is None:
+            return PartitionAudit(
+                key, None, 0, 0, 0, 0, in_table, 0,
+                (f"partition {key} of {target.name} has no finished load in {ledger.loads}",),
+            )  # fmt: skip
+        _, enqueued, written, dead = await conn.fetchrow(
+            ledger.sum_batches(), target.name, key, load["load_id"]
+        )
+        dead_rows = await conn.fetchval(
+            f"SELECT count(*) FROM {ledger.dead_letters} "
+            f"WHERE target = $1 AND partition_key = $2 AND load_id = $3",
+            target.name,
+            key,
+            load["load_id"],
+        )
+        # Ledger rows, not load totals: a replay that died halfway still wrote its batches.
+        replayed_in = await conn.fetchval(
+            f"SELECT coalesce(sum(b.written), 0) FROM {ledger.ledger} AS b "
+            f"JOIN {ledger.loads} AS l USING (target, partition_key, load_id) "
+            f"WHERE b.target = $1 AND b.partition_key = $2 AND l.mode = $3 "
+            f"AND l.started_at > $4",
+            target.name,
+            key,
+            REPLAY_MODE,
+            load["finished_at"],
+        )
+    audit = PartitionAudit(
+        key, load["load_id"], enqueued, written, dead, replayed_in, in_table, dead_rows, ()
+    )
+    return _with_problems(audit, target)
+
+
+def _with_problems(audit: PartitionAudit, target: TableTarget) -> PartitionAudit:
+    problems = []
+    if audit.enqueued != audit.written + audit.dead_lettered:
+        problems.append(
+            f"ledger: enqueued {audit.enqueued} != written {audit.written} + dead-lettered "
+            f"{audit.dead_lettered}"
+        )
+    if audit.dead_letter_rows != audit.dead_lettered:
+        problems.append(
+            f"{audit.dead_letter_rows} dead-letter rows, the ledger counts {audit.dead_lettered}"
+        )
+    accounted = audit.written + audit.replayed_in
+    if audit.in_table < accounted:
+        problems.append(
+            f"{accounted - audit.in_table} row(s) missing: the table holds {audit.in_table} "
+            f"rows for {audit.partition_key}, the ledger accounts for {accounted}"
+        )
+    elif audit.in_table > accounted and target.mode is WriteMode.REPLACE:
+        # Upsert targets may keep keys of earlier loads; a replaced partition may not.
+        problems.append(
+            f"{audit.in_table - accounted} row(s) unaccounted for: the table holds "
+            f"{audit.in_table} rows for {audit.partition_key}, the ledger accounts for {accounted}"
+        )
+    return dataclasses.replace(audit, problems=tuple(problems))
+
+
+async def latest_load(
+    conn: asyncpg.Connection, ledger: LedgerTables, target_name: str, partition_key: str
+) -> asyncpg.Record | None:
+    """The partition's newest finished load (replays aside): what the partition holds."""
+    return await conn.fetchrow(
+        f"SELECT load_id, finished_at FROM {ledger.loads} "
+        f"WHERE target = $1 AND partition_key = $2 AND mode <> $3 "
+        f"AND status IN ('published', 'complete') ORDER BY finished_at DESC LIMIT 1",
+        target_name,
+        partition_key,
+        REPLAY_MODE,
+    )
+
+
+async def _count_rows(conn: asyncpg.Connection, target: TableTarget, day: dt.date) -> int:
+    count: int = await conn.fetchval(
+        f"SELECT count(*) FROM {target.sql_name} WHERE {quote_ident(target.partition_column)} = $1",
+        day,
+    )
+    return count
+
+
+async def duplicate_keys(conn: asyncpg.Connection, target: TableTarget, day: dt.date) -> int:
+    """Keys that occur more than once in the partition (whole rows when there is no key)."""
+    key = target.primary_key or target.row_columns
+    count: int = await conn.fetchval(
+        f"SELECT count(*) FROM (SELECT 1 FROM {target.sql_name} "
+        f"WHERE {quote_ident(target.partition_column)} = $1 "
+        f"GROUP BY {column_list(key)} HAVING count(*) > 1) AS repeated",
+        day,
+    )
+    return count

@@ -1,0 +1,142 @@
+"""PostgresTable: how an asset's records land in PostgreSQL, declared once per asset.
+
+The IO manager, the asset checks and the replay job all need the same facts (table,
+primary key, write mode, record model, partition column). They travel as the asset's
+definition metadata, so they are also what the Dagster UI shows on the asset page, and
+are rebuilt from it with :meth:`PostgresTable.from_metadata`. Only plain values go into
+metadata; the record model travels as its import path.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pydantic
+
+from etl_assets.errors import ConfigurationError
+from etl_assets.postgres.target import TableTarget, WriteMode, columns_from_model
+
+__all__ = ["METADATA_PREFIX", "PostgresTable"]
+
+METADATA_PREFIX = "etl_assets/"
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresTable:
+    """The target of an asset written by :class:`ResilientPostgresIOManager`.
+
+    Attributes:
+        table: target table name.
+        model: pydantic model of one record; validates at the edge and gives the columns.
+        schema: schema of the target table.
+        mode: ``replace`` (swap the whole partition) or ``upsert`` (ON CONFLICT on the key).
+        primary_key: required for ``upsert``; must include ``partition_column``.
+        partition_column: the DATE column that holds the partition's data date.
+        batch_size: records per transaction (None: the IO manager's default).
+    """
+
+    table: str
+    model: type[pydantic.BaseModel]
+    schema: str = "public"
+    mode: WriteMode = WriteMode.REPLACE
+    primary_key: tuple[str, ...] = ()
+    partition_column: str = "data_date"
+    batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", _write_mode(self.mode, self.table))
+        object.__setattr__(self, "primary_key", tuple(self.primary_key))
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigurationError(f"table {self.table!r}: batch_size must be >= 1")
+        if "<locals>" in self.model.__qualname__:
+            raise ConfigurationError(
+                f"table {self.table!r}: model {self.model.__qualname__} is defined inside a "
+                "function; define it at module level so it can be imported by path"
+            )
+        self.target()  # validates names, key and mode now, not at the first run
+
+    @property
+    def model_path(self) -> str:
+        return f"{self.model.__module__}:{self.model.__qualname__}"
+
+    def target(self) -> TableTarget:
+        return TableTarget(
+            schema=self.schema,
+            table=self.table,
+            columns=columns_from_model(self.model, exclude=(self.partition_column,)),
+            partition_column=self.partition_column,
+            mode=self.mode,
+            primary_key=self.primary_key,
+        )
+
+    def metadata(self) -> dict[str, Any]:
+        """Definition metadata for ``@asset(metadata=...)``: plain values the UI shows."""
+        values: dict[str, Any] = {
+            "table": self.table,
+            "schema": self.schema,
+            "mode": self.mode.value,
+            "primary_key": ",".join(self.primary_key),
+            "partition_column": self.partition_column,
+            "model": self.model_path,
+        }
+        if self.batch_size is not None:
+            values["batch_size"] = self.batch_size
+        return {METADATA_PREFIX + k: v for k, v in values.items()}
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any], owner: str) -> PostgresTable:
+        """Rebuild the spec from an asset's definition metadata; ``owner`` names the asset."""
+        values = {
+            k.removeprefix(METADATA_PREFIX): _raw(v)
+            for k, v in metadata.items()
+            if k.startswith(METADATA_PREFIX)
+        }
+        if "table" not in values or "model" not in values:
+            raise ConfigurationError(
+                f"asset {owner} has no PostgresTable metadata; declare it with "
+                "@asset(metadata=PostgresTable(table=..., model=...).metadata())"
+            )
+        key = str(values.get("primary_key") or "")
+        batch_size = values.get("batch_size")
+        return cls(
+            table=str(values["table"]),
+            model=_import_model(str(values["model"]), owner),
+            schema=str(values.get("schema", "public")),
+            mode=_write_mode(str(values.get("mode", "replace")), str(values["table"])),
+            primary_key=tuple(k for k in key.split(",") if k),
+            partition_column=str(values.get("partition_column", "data_date")),
+            batch_size=int(batch_size) if batch_size is not None else None,
+        )
+
+
+def _write_mode(mode: WriteMode | str, table: str) -> WriteMode:
+    try:
+        return WriteMode(mode)
+    except ValueError:
+        choices = ", ".join(m.value for m in WriteMode)
+        raise ConfigurationError(
+            f"table {table!r}: mode {mode!r} is not one of {choices}"
+        ) from None
+
+
+def _raw(value: Any) -> Any:
+    """Dagster may hand metadata back wrapped in a MetadataValue."""
+    return getattr(value, "value", value)
+
+
+def _import_model(path: str, owner: str) -> type[pydantic.BaseModel]:
+    module_name, _, qualname = path.partition(":")
+    try:
+        found: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigurationError(
+            f"asset {owner}: record model {path!r} cannot be imported ({exc})"
+        ) from None
+    if not (isinstance(found, type) and issubclass(found, pydantic.BaseModel)):
+        raise ConfigurationError(f"asset {owner}: {path!r} is not a pydantic model")
+    return found
