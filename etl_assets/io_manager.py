@@ -29,13 +29,18 @@ from etl_assets.postgres.target import TableTarget
 from etl_assets.postgres.writer import Log
 from etl_assets.spec import PostgresTable
 
-__all__ = ["ResilientPostgresIOManager", "data_date", "load_report_metadata"]
+__all__ = ["PartitionRecords", "ResilientPostgresIOManager", "data_date", "load_report_metadata"]
+
+PartitionRecords = dict[str, Any]
+"""What an asset may return: ``{partition_key: records}``, records being a list or an
+iterator of pydantic models or dicts. (Spelled ``dict[str, Any]`` because Dagster cannot
+type-check iterators; the IO manager checks the shape instead.)"""
 
 
 class ResilientPostgresIOManager(dg.ConfigurableIOManager):
     """Writes each partition through the ledgered, retried, audited load engine."""
 
-    postgres: dg.ResourceDependency[PostgresResource]
+    postgres: PostgresResource
     batch_size: int = Field(default=10_000, ge=1, description="Records per transaction.")
     writers: int = Field(default=3, ge=1, description="Concurrent batch writers per partition.")
     max_dead_letter_ratio: float = Field(

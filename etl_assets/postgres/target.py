@@ -40,6 +40,16 @@ _PYTHON_TO_PG: dict[type, str] = {
     uuid.UUID: "uuid",
 }
 
+# pydantic's constrained date types are marker classes, not datetime subclasses.
+_PYDANTIC_TO_PG: dict[Any, str] = {
+    pydantic.AwareDatetime: "timestamptz",
+    pydantic.NaiveDatetime: "timestamp",
+    pydantic.PastDatetime: "timestamptz",
+    pydantic.FutureDatetime: "timestamptz",
+    pydantic.PastDate: "date",
+    pydantic.FutureDate: "date",
+}
+
 
 class WriteMode(enum.StrEnum):
     """How a partition is made idempotent."""
@@ -177,6 +187,8 @@ def _pg_type(annotation: Any) -> tuple[str, bool]:
         return "jsonb", nullable
     if origin is typing.Literal:
         return "text", nullable
+    if annotation in _PYDANTIC_TO_PG:
+        return _PYDANTIC_TO_PG[annotation], nullable
     if isinstance(annotation, type):
         if issubclass(annotation, enum.Enum):
             return "text", nullable

@@ -1,0 +1,65 @@
+"""The dead-letter queue as an asset: what could not be written, where, and why.
+
+The table itself is written by the loads (in the same transaction as each batch); this
+asset reads it and publishes the summary as metadata, so the Dagster UI shows the queue
+next to the assets that feed it.
+"""
+
+from typing import Any
+
+import asyncpg
+import dagster as dg
+
+from etl_assets.postgres.dead_letters import DeadLetterSummary, summarize_dead_letters
+from etl_assets.postgres.ledger import LedgerTables
+from etl_assets.postgres.resource import PostgresResource
+
+__all__ = ["dead_letter_queue", "summary_metadata"]
+
+
+@dg.asset(group_name="dead_letters", kinds={"postgres"}, pool="postgres")
+def dead_letter_queue(postgres: PostgresResource) -> dg.MaterializeResult:  # type: ignore[type-arg]
+    """Dead letters per target, partition and error class, and the newest open ones.
+
+    Replay them with the ``replay_dead_letters`` job once the cause is fixed.
+    """
+    ledger = LedgerTables(postgres.ledger_schema)
+
+    async def summarize(pool: asyncpg.Pool) -> DeadLetterSummary:
+        async with pool.acquire() as conn:
+            return await summarize_dead_letters(conn, ledger)
+
+    return dg.MaterializeResult(metadata=summary_metadata(postgres.run(summarize), ledger))
+
+
+def summary_metadata(summary: DeadLetterSummary, ledger: LedgerTables) -> dict[str, Any]:
+    groups = [
+        "| target | partition | error class | open | replayed |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {g.target} | {g.partition_key} | {g.error_class} | {g.open} | {g.replayed} |"
+            for g in summary.groups
+        ),
+    ]
+    newest = [
+        "| id | target | partition | record | error | payload |",
+        "|---|---|---|---|---|---|",
+        *(
+            f"| {d.id} | {d.target} | {d.partition_key} | {d.record_no} | "
+            f"{_cell(d.error_class + ': ' + d.error_message)} | {_cell(d.payload_excerpt)} |"
+            for d in summary.newest
+        ),
+    ]
+    return {
+        "open": summary.open,
+        "replayed": summary.replayed,
+        "dagster/row_count": summary.open + summary.replayed,
+        "table": ledger.dead_letters,
+        "by_target_partition_error": dg.MetadataValue.md("\n".join(groups)),
+        "newest_open": dg.MetadataValue.md("\n".join(newest)),
+    }
+
+
+def _cell(text: str) -> str:
+    """Markdown table cell: no pipes or newlines from the data."""
+    return text.replace("|", "\\|").replace("\n", " ")

@@ -1,0 +1,95 @@
+"""Sensors: new dead letters refresh the dead-letter report; failed runs raise an alert.
+
+A dead letter is data the pipeline could not write; it waits for a fix, so the sensor
+reports it (a run of ``dead_letter_queue`` with the summary, and a warning per target
+and partition) rather than replaying blindly: a replay before the fix only fails again.
+Failed blocking checks fail their run, so the run failure sensor reports them too.
+"""
+
+import json
+import logging
+from typing import Any
+
+import asyncpg
+import dagster as dg
+
+from etl_assets.assets.dead_letters import dead_letter_queue
+from etl_assets.postgres.dead_letters import DeadLetterSummary, summarize_dead_letters
+from etl_assets.postgres.ledger import LedgerTables
+from etl_assets.postgres.resource import PostgresResource
+
+__all__ = ["dead_letter_sensor", "failure_alert", "run_failure_alert"]
+
+alerts = logging.getLogger("etl_assets.alerts")
+
+
+@dg.sensor(
+    name="dead_letter_sensor",
+    minimum_interval_seconds=60,
+    asset_selection=[dead_letter_queue],
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="New dead letters: refresh the dead-letter report and warn per partition.",
+)
+def dead_letter_sensor(
+    context: dg.SensorEvaluationContext, postgres: PostgresResource
+) -> dg.SensorResult:
+    cursor = int(context.cursor or 0)
+    ledger = LedgerTables(postgres.ledger_schema)
+
+    async def new_letters(pool: asyncpg.Pool) -> DeadLetterSummary:
+        async with pool.acquire() as conn:
+            return await summarize_dead_letters(conn, ledger, after_id=cursor, newest=0)
+
+    summary = postgres.run(new_letters, min_size=0, max_size=1)
+    if summary.max_id <= cursor:
+        return dg.SensorResult(skip_reason=f"no dead letters after id {cursor}")
+    for group in summary.groups:
+        if group.open:
+            context.log.warning(
+                f"{group.open} new dead letter(s) in {group.target} partition "
+                f"{group.partition_key}: {group.error_class}"
+            )
+    request = dg.RunRequest(
+        run_key=f"dead-letters-{summary.max_id}",
+        asset_selection=[dead_letter_queue.key],
+        tags={"etl_assets/new_dead_letters": str(summary.open)},
+    )
+    return dg.SensorResult(run_requests=[request], cursor=str(summary.max_id))
+
+
+def failure_alert(context: dg.RunFailureSensorContext) -> dict[str, Any]:
+    """The structured alert of a failed run: what failed, where, and the first error."""
+    run = context.dagster_run
+    steps = [
+        {"step": event.step_key, "error": _error_message(event)}
+        for event in context.get_step_failure_events()
+    ]
+    return {
+        "alert": "etl_assets.run_failed",
+        "run_id": run.run_id,
+        "job": run.job_name,
+        "partition": run.tags.get("dagster/partition"),
+        "partition_range": [
+            run.tags.get("dagster/asset_partition_range_start"),
+            run.tags.get("dagster/asset_partition_range_end"),
+        ],
+        "failed_steps": steps,
+        "message": context.failure_event.message,
+    }
+
+
+@dg.run_failure_sensor(
+    name="run_failure_alert",
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Logs a structured JSON alert for every failed run (etl_assets.alerts logger).",
+)
+def run_failure_alert(context: dg.RunFailureSensorContext) -> None:
+    alert = failure_alert(context)
+    alerts.error(json.dumps(alert, default=str))
+    context.log.error(json.dumps(alert, default=str))
+
+
+def _error_message(event: dg.DagsterEvent) -> str | None:
+    data = event.event_specific_data
+    error = getattr(data, "error", None)
+    return getattr(error, "message", None)
