@@ -68,6 +68,7 @@ def _records(folder: Path, files: list[Path]) -> Iterator[dict[str, Any]]:
 
 def parse_line(source: str, line_no: int, line: str) -> dict[str, Any]:
     """One log line as a record; a malformed one keeps its text and the parse error."""
+    line = line.rstrip("\r\n")
     try:
         event = json.loads(line)
     except json.JSONDecodeError as exc:
@@ -81,7 +82,7 @@ def _malformed(source: str, line_no: int, line: str, error: str) -> dict[str, An
     return {
         "source_file": source,
         "line_no": line_no,
-        "raw_line": line.rstrip("\n")[:MAX_RAW_LINE],
+        "raw_line": line[:MAX_RAW_LINE],
         "parse_error": error,
     }
 

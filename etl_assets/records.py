@@ -151,7 +151,7 @@ class RecordShaper:
                     numbered[i][0],
                     payload_json(numbered[i][1]),
                     "ValidationError",
-                    "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors),
+                    "; ".join(_describe(e) for e in errors),
                     detail=json.dumps(errors, default=str),
                 )
                 for i, errors in sorted(bad.items())
@@ -179,6 +179,12 @@ def _errors_by_index(exc: pydantic.ValidationError) -> dict[int, list[dict[str, 
             {"loc": loc, "msg": error["msg"], "type": error["type"]}
         )
     return by_index
+
+
+def _describe(error: dict[str, Any]) -> str:
+    """``field.path: message``; a model-level error has no path."""
+    loc = ".".join(map(str, error["loc"]))
+    return f"{loc}: {error['msg']}" if loc else str(error["msg"])
 
 
 def _missing(exc: Exception) -> str:

@@ -3,14 +3,12 @@
 import dagster as dg
 
 from etl_assets.assets.logs import daily_metrics, raw_logs
-from etl_assets.partitions import daily
 
 __all__ = ["daily_logs_job", "daily_logs_schedule"]
 
 daily_logs_job = dg.define_asset_job(
     "daily_logs",
     selection=dg.AssetSelection.assets(raw_logs, daily_metrics),  # their checks come along
-    partitions_def=daily,
     description="Load one data date of logs, check it, then compute its metrics.",
 )
 

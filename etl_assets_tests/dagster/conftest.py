@@ -1,0 +1,59 @@
+"""Fixtures for the Dagster layer: a fresh database per test, sample landing data, resources."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import urllib.parse
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+
+from etl_assets import definitions
+from etl_assets.assets.logs import RawLogsConfig
+from etl_assets.landing import SampleDay, write_sample_day
+from etl_assets.postgres.resource import PostgresResource
+from etl_assets_tests.conftest import _execute
+
+FIRST_DAY = dt.date(2024, 3, 1)
+DAYS = [FIRST_DAY + dt.timedelta(days=i) for i in range(7)]
+LINES_PER_DAY = 300
+
+
+@pytest.fixture
+def db_dsn(pg_dsn: str) -> Iterator[str]:
+    """A database of its own for the test (the example tables live in ``public``)."""
+    name = f"etl_{uuid.uuid4().hex[:10]}"
+    asyncio.run(_execute(pg_dsn, f'CREATE DATABASE "{name}"'))
+    yield urllib.parse.urlsplit(pg_dsn)._replace(path=f"/{name}").geturl()
+    asyncio.run(_execute(pg_dsn, f'DROP DATABASE "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def landing(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[dt.date, SampleDay]]:
+    """Seven sample days of logs, three malformed lines each."""
+    folder = tmp_path_factory.mktemp("landing")
+    return folder, {day: write_sample_day(folder, day, LINES_PER_DAY) for day in DAYS}
+
+
+@pytest.fixture
+def resources(db_dsn: str) -> dict[str, Any]:
+    return definitions.resources(PostgresResource(dsn=db_dsn))
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+def logs_config(landing: Path) -> dg.RunConfig:
+    return dg.RunConfig(ops={"raw_logs": RawLogsConfig(landing_dir=str(landing))})
+
+
+def run_config_dict(landing: Path) -> dict[str, Any]:
+    return {"ops": {"raw_logs": {"config": {"landing_dir": str(landing)}}}}
