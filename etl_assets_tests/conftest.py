@@ -8,11 +8,11 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 import stamina
 
 from etl_assets.postgres.embedded import EmbeddedPostgres
+from etl_assets_tests.postgres.helpers import execute
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -43,13 +43,5 @@ def schema(pg_dsn: str) -> Iterator[str]:
     name = f'etl test "{uuid.uuid4().hex[:8]}"'
     yield name
     asyncio.run(
-        _execute(pg_dsn, f'DROP SCHEMA IF EXISTS "{name.replace(chr(34), chr(34) * 2)}" CASCADE')
+        execute(pg_dsn, f'DROP SCHEMA IF EXISTS "{name.replace(chr(34), chr(34) * 2)}" CASCADE')
     )
-
-
-async def _execute(dsn: str, sql: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()

@@ -17,7 +17,7 @@ from etl_assets import definitions
 from etl_assets.assets.logs import RawLogsConfig
 from etl_assets.landing import SampleDay, write_sample_day
 from etl_assets.postgres.resource import PostgresResource
-from etl_assets_tests.conftest import _execute
+from etl_assets_tests.postgres.helpers import execute
 
 FIRST_DAY = dt.date(2024, 3, 1)
 DAYS = [FIRST_DAY + dt.timedelta(days=i) for i in range(7)]
@@ -28,9 +28,9 @@ LINES_PER_DAY = 300
 def db_dsn(pg_dsn: str) -> Iterator[str]:
     """A database of its own for the test (the example tables live in ``public``)."""
     name = f"etl_{uuid.uuid4().hex[:10]}"
-    asyncio.run(_execute(pg_dsn, f'CREATE DATABASE "{name}"'))
+    asyncio.run(execute(pg_dsn, f'CREATE DATABASE "{name}"'))
     yield urllib.parse.urlsplit(pg_dsn)._replace(path=f"/{name}").geturl()
-    asyncio.run(_execute(pg_dsn, f'DROP DATABASE "{name}" WITH (FORCE)'))
+    asyncio.run(execute(pg_dsn, f'DROP DATABASE "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(scope="session")

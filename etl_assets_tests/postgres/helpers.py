@@ -82,6 +82,15 @@ async def fetch(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
         await conn.close()
 
 
+async def execute(dsn: str, sql: str) -> None:
+    """Run a script (several statements, no parameters)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
 async def table_rows(dsn: str, target: TableTarget, day: dt.date = DAY) -> list[tuple[Any, ...]]:
     rows = await fetch(
         dsn,

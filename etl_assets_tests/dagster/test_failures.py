@@ -1,0 +1,123 @@
+"""Failures are loud: a silent loss fails the blocking check, a dead server fails the run."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from etl_assets import definitions
+from etl_assets.postgres.resource import PostgresResource
+from etl_assets_tests.dagster.conftest import DAYS, LINES_PER_DAY
+from etl_assets_tests.dagster.test_pipeline import Landing, materialize
+from etl_assets_tests.postgres.helpers import execute, fetch
+
+SABOTAGE = """
+CREATE FUNCTION public.drop_rows_after_publish() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.status = 'published' AND NEW.target = 'public.logs' THEN
+        DELETE FROM public.logs WHERE ctid IN (
+            SELECT ctid FROM public.logs WHERE data_date = NEW.partition_key::date LIMIT 5);
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER drop_rows_after_publish AFTER UPDATE ON etl.partition_loads
+    FOR EACH ROW EXECUTE FUNCTION public.drop_rows_after_publish();
+"""
+
+
+def test_rows_lost_behind_the_io_managers_back_fail_the_check_and_block_downstream(
+    db_dsn: str, resources: dict[str, Any], instance: dg.DagsterInstance, landing: Landing
+) -> None:
+    folder, samples = landing
+    day1, day2 = DAYS[0].isoformat(), DAYS[1].isoformat()
+    assert materialize(resources, instance, folder, day1).success
+    asyncio.run(execute(db_dsn, SABOTAGE))
+
+    result = materialize(resources, instance, folder, day2, raise_on_error=False)
+
+    assert not result.success
+    [check] = [
+        e for e in result.get_asset_check_evaluations()
+        if e.asset_key == dg.AssetKey("raw_logs") and e.check_name == "written_equals_enqueued"
+    ]  # fmt: skip
+    written = LINES_PER_DAY - samples[DAYS[1]].malformed
+    assert not check.passed
+    assert check.metadata["written"].value == written
+    assert check.metadata["in_table"].value == written - 5
+    assert check.description == (
+        f"{day2}: 5 row(s) missing: the table holds {written - 5} rows for {day2}, "
+        f"the ledger accounts for {written}"
+    )
+    assert result.asset_materializations_for_node("daily_metrics") == []
+    metrics = asyncio.run(
+        fetch(db_dsn, "SELECT count(*) FROM public.daily_metrics WHERE date = $1", DAYS[1])
+    )
+    assert metrics[0][0] == 0
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_database_down_past_the_retry_budget_fails_the_run_without_leaking_the_password(
+    instance: dg.DagsterInstance, landing: Landing
+) -> None:
+    folder, _ = landing
+    dsn = f"postgresql://etl:s3cret-pw@127.0.0.1:{closed_port()}/etl"
+    down = definitions.resources(PostgresResource(dsn=dsn, connect_attempts=3))
+
+    result = materialize(down, instance, folder, DAYS[0].isoformat(), raise_on_error=False)
+
+    assert not result.success
+    assert result.asset_materializations_for_node("raw_logs") == []
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    message = str(failure.step_failure_data.error)
+    assert "could not connect to PostgreSQL at postgresql://etl@127.0.0.1" in message
+    assert "after 3 attempt(s)" in message
+    assert "s3cret-pw" not in message
+
+
+def dagster_cli(
+    args: list[str], env: dict[str, str], cwd: Path
+) -> subprocess.CompletedProcess[str]:
+    dagster = Path(sys.executable).with_name("dagster")
+    clean = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+    return subprocess.run(
+        [str(dagster), *args],
+        cwd=cwd,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+
+
+def test_cli_materialize_exits_0_on_success_and_non_zero_when_the_database_is_down(
+    db_dsn: str, landing: Landing, tmp_path: Path
+) -> None:
+    folder, samples = landing
+    args = ["asset", "materialize", "-m", "etl_assets.definitions", "--select", "raw_logs"]
+    args += ["--partition", DAYS[4].isoformat()]
+    env = {"ETL_ASSETS_LANDING": str(folder)}
+
+    ok = dagster_cli(args, {**env, "ETL_ASSETS_PG_DSN": db_dsn}, tmp_path)
+    down_dsn = f"postgresql://etl:pw@127.0.0.1:{closed_port()}/etl"
+    down = dagster_cli(args, {**env, "ETL_ASSETS_PG_DSN": down_dsn}, tmp_path)
+
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    rows = asyncio.run(
+        fetch(db_dsn, "SELECT count(*) FROM public.logs WHERE data_date = $1", DAYS[4])
+    )
+    assert rows[0][0] == LINES_PER_DAY - samples[DAYS[4]].malformed
+    assert down.returncode != 0
+    assert "ConnectionFailedError" in down.stderr + down.stdout
