@@ -90,6 +90,8 @@ def run_failure_alert(context: dg.RunFailureSensorContext) -> None:
 
 
 def _error_message(event: dg.DagsterEvent) -> str | None:
-    data = event.event_specific_data
-    error = getattr(data, "error", None)
-    return getattr(error, "message", None)
+    """The root cause's message: Dagster wraps IO manager errors in its own."""
+    error = getattr(event.event_specific_data, "error", None)
+    while error is not None and error.cause is not None:
+        error = error.cause
+    return error.message.strip() if error is not None else None
