@@ -12,6 +12,7 @@ import dagster as dg
 import pytest
 
 from etl_assets import definitions
+from etl_assets.assets.sample_events import SampleEventsConfig
 from etl_assets.postgres.resource import PostgresResource
 from etl_assets_tests.postgres.helpers import fetch
 
@@ -19,8 +20,13 @@ from etl_assets_tests.postgres.helpers import fetch
 def test_defs_can_load() -> None:
     """The code location loads and has the example asset with its daily partitions."""
     repo = definitions.defs.get_repository_def()
-    asset = repo.assets_defs_by_key[dg.AssetKey("sample_events_table")]
-    assert asset.partitions_def == definitions.daily
+    for name in ("raw_logs", "daily_metrics", "sample_events_table"):
+        asset = repo.assets_defs_by_key[dg.AssetKey(name)]
+        assert asset.partitions_def == definitions.daily
+        checks = {key.name for key in repo.asset_graph.get_check_keys_for_assets({asset.key})}
+        assert checks == {"written_equals_enqueued", "no_duplicate_keys", "dead_letter_rate"}
+    assert dg.AssetKey("dead_letter_queue") in repo.assets_defs_by_key
+    assert {j.name for j in repo.get_all_jobs()} >= {"daily_logs", "replay_dead_letters"}
 
 
 def test_dagster_definitions_validate_passes(tmp_path: Path) -> None:
@@ -44,15 +50,15 @@ def test_materialize_one_partition_twice_leaves_one_copy(
 ) -> None:
     """Two runs of one partition: exact row count once, metadata reported, ledger per run."""
     monkeypatch.setenv("ETL_ASSETS_PG_DSN", pg_dsn)
-    config = dg.RunConfig(
-        ops={"sample_events_table": definitions.SampleEventsConfig(records_per_day=2_500)}
-    )
+    config = dg.RunConfig(ops={"sample_events_table": SampleEventsConfig(records_per_day=2_500)})
     with dg.instance_for_test() as instance:
         for _ in range(2):
             result = dg.materialize(
                 [definitions.sample_events_table],
                 partition_key="2024-02-29",
-                resources={"postgres": PostgresResource(dsn=dg.EnvVar("ETL_ASSETS_PG_DSN"))},
+                resources=definitions.resources(
+                    PostgresResource(dsn=dg.EnvVar("ETL_ASSETS_PG_DSN"))
+                ),
                 run_config=config,
                 instance=instance,
             )
