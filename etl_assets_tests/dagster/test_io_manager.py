@@ -1,0 +1,149 @@
+"""The IO manager's contract at its edges: clear errors for user mistakes, streaming input.
+
+(No ``from __future__ import annotations``: the assets below are decorated in the tests.)
+"""
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import dagster as dg
+import pydantic
+import pytest
+
+from etl_assets.errors import ConfigurationError
+from etl_assets.io_manager import PartitionRecords
+from etl_assets.partitions import daily
+from etl_assets.postgres.target import WriteMode
+from etl_assets.spec import PostgresTable
+from etl_assets_tests.postgres.helpers import fetch
+
+
+class Reading(pydantic.BaseModel):
+    sensor_id: int
+    celsius: float
+
+
+READINGS = PostgresTable(table="readings", model=Reading, primary_key=("data_date", "sensor_id"))
+DAY = "2024-05-01"
+
+
+def readings(n: int) -> Iterator[dict[str, Any]]:
+    for i in range(n):
+        yield {"sensor_id": i, "celsius": i / 10}
+
+
+def error_of(result: dg.ExecuteInProcessResult) -> str:
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    error = failure.step_failure_data.error
+    while error is not None and error.cause is not None:
+        error = error.cause
+    assert error is not None
+    return error.message
+
+
+def run(
+    asset: dg.AssetsDefinition, resources: dict[str, Any], **kw: Any
+) -> dg.ExecuteInProcessResult:
+    return dg.materialize([asset], resources=resources, raise_on_error=False, **kw)
+
+
+def test_a_generator_is_streamed_in_batches_and_upstream_reads_it_back(
+    db_dsn: str, resources: dict[str, Any]
+) -> None:
+    @dg.asset(
+        partitions_def=daily, io_manager_key="postgres_io_manager", metadata=READINGS.metadata()
+    )
+    def readings_asset(context: dg.AssetExecutionContext) -> PartitionRecords:
+        # A bare generator would be taken by Dagster as a stream of events: key it instead.
+        return {context.partition_key: readings(25_000)}
+
+    seen: list[int] = []
+
+    @dg.asset(partitions_def=daily, deps=[], ins={"readings_asset": dg.AssetIn()})
+    def consumer(readings_asset: list[dict[str, Any]]) -> None:
+        seen.append(len(readings_asset))
+
+    result = dg.materialize([readings_asset, consumer], resources=resources, partition_key=DAY)
+
+    assert result.success
+    [mat] = result.asset_materializations_for_node("readings_asset")
+    assert mat.metadata["batches"].value == 3  # 10k + 10k + 5k
+    assert mat.metadata["written"].value == 25_000
+    assert seen == [25_000]
+    rows = asyncio.run(fetch(db_dsn, "SELECT count(*), sum(sensor_id) FROM public.readings"))
+    assert tuple(rows[0]) == (25_000, sum(range(25_000)))
+
+
+@pytest.mark.parametrize(
+    ("returned", "message"),
+    [
+        (
+            None,
+            "expected a list or an iterator of records (pydantic models or dicts), got NoneType",
+        ),
+        ("text", "expected a list or an iterator of records (pydantic models or dicts), got str"),
+        (
+            {"2024-05-02": []},
+            "returned records for partitions ['2024-05-02'], but the run covers ['2024-05-01']",
+        ),
+    ],
+)
+def test_wrong_return_values_fail_with_a_clear_error(
+    resources: dict[str, Any], returned: Any, message: str
+) -> None:
+    @dg.asset(
+        partitions_def=daily, io_manager_key="postgres_io_manager", metadata=READINGS.metadata()
+    )
+    def bad() -> Any:
+        return returned
+
+    result = run(bad, resources, partition_key=DAY)
+
+    assert not result.success
+    assert message in error_of(result)
+
+
+def test_an_unpartitioned_asset_is_told_to_use_daily_partitions(resources: dict[str, Any]) -> None:
+    @dg.asset(io_manager_key="postgres_io_manager", metadata=READINGS.metadata())
+    def unpartitioned() -> list[dict[str, Any]]:
+        return []
+
+    result = run(unpartitioned, resources)
+
+    assert "asset unpartitioned is not partitioned" in error_of(result)
+
+
+def test_an_asset_without_table_metadata_is_told_how_to_declare_it(
+    resources: dict[str, Any],
+) -> None:
+    @dg.asset(partitions_def=daily, io_manager_key="postgres_io_manager")
+    def undeclared() -> list[dict[str, Any]]:
+        return []
+
+    result = run(undeclared, resources, partition_key=DAY)
+
+    assert "asset undeclared has no PostgresTable metadata" in error_of(result)
+
+
+def test_table_spec_mistakes_are_configuration_errors_at_definition_time() -> None:
+    with pytest.raises(ConfigurationError, match="mode 'merge' is not one of replace, upsert"):
+        PostgresTable(table="t", model=Reading, mode="merge")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="needs a primary_key"):
+        PostgresTable(table="t", model=Reading, mode=WriteMode.UPSERT)
+
+    class Local(pydantic.BaseModel):
+        x: int
+
+    with pytest.raises(ConfigurationError, match="defined inside a function"):
+        PostgresTable(table="t", model=Local)
+
+
+def test_spec_round_trips_through_asset_metadata() -> None:
+    spec = PostgresTable(
+        table="daily", model=Reading, partition_column="day", primary_key=("day", "sensor_id"),
+        mode=WriteMode.UPSERT, batch_size=500,
+    )  # fmt: skip
+    assert PostgresTable.from_metadata(spec.metadata(), "a") == spec
+    with pytest.raises(ConfigurationError, match="cannot be imported"):
+        PostgresTable.from_metadata({**spec.metadata(), "etl_assets/model": "no.such:Model"}, "a")
