@@ -8,6 +8,7 @@ Dagster's own storage (runs, events, schedules) lives in the same server, in dat
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import signal
 import subprocess
@@ -17,15 +18,22 @@ from pathlib import Path
 
 import asyncpg
 
+from etl_assets.landing import default_landing_dir, write_sample_day
+from etl_assets.paths import home
 from etl_assets.postgres.embedded import EmbeddedPostgres, default_data_dir
 
 DAGSTER_DB = "dagster"
+SAMPLE_START = dt.date(2024, 1, 1)  # the first partition
+SAMPLE_DAYS = 14
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     project = Path.cwd()
     os.environ.setdefault("DAGSTER_HOME", str(project))  # dagster.yaml lives here
+    os.environ.setdefault("ETL_ASSETS_DAGSTER_DIR", str(home() / "dagster"))
+    os.environ.setdefault("ETL_ASSETS_COMPUTE_LOGS_DIR", str(home() / "dagster" / "logs"))
+    _ensure_sample_landing()
     server: EmbeddedPostgres | None = None
     if not os.environ.get("ETL_ASSETS_PG_DSN"):
         server = EmbeddedPostgres(default_data_dir())
@@ -41,6 +49,20 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if server is not None:
             server.release()
+
+
+def _ensure_sample_landing() -> None:
+    """First start: two sample weeks of logs, so every asset can be materialized at once."""
+    landing = default_landing_dir()
+    if landing.exists():
+        return
+    for offset in range(SAMPLE_DAYS):
+        write_sample_day(landing, SAMPLE_START + dt.timedelta(days=offset))
+    print(
+        f"etl-assets-dev: sample logs for {SAMPLE_START} .. "
+        f"{SAMPLE_START + dt.timedelta(days=SAMPLE_DAYS - 1)} written to {landing}",
+        flush=True,
+    )
 
 
 def _run_until_stopped(command: list[str], grace_s: float = 30.0) -> int:
