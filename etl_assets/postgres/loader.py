@@ -25,7 +25,7 @@ import pydantic
 
 from etl_assets.errors import CircuitBreakerOpenError, ConfigurationError, FatalError
 from etl_assets.postgres.ledger import LedgerTables, PartitionTotals
-from etl_assets.postgres.publish import ReplacePublisher, TargetKind, audit, inspect_target
+from etl_assets.postgres.publish import StagedPublisher, TargetKind, audit, inspect_target
 from etl_assets.postgres.retry import DRIVER_ERRORS, RetryPolicy, classified, retrying
 from etl_assets.postgres.target import TableTarget, WriteMode
 from etl_assets.postgres.writer import BatchResult, BatchWriter, Log, PreparedBatch, batch_digest
@@ -142,13 +142,11 @@ async def load_partition(
     log = log or logging.getLogger(__name__)
     ledger = LedgerTables(settings.ledger_schema)
     key = (target.name, day.isoformat(), load_id)
-    publisher = ReplacePublisher(target, ledger, day, load_id)
+    publisher = StagedPublisher(target, ledger, day, load_id)
     started = time.perf_counter()
 
     kind = await _prepare(pool, ledger, target, publisher, key, settings.retry)
-    destination = (
-        publisher.staging if target.mode is WriteMode.REPLACE else (target.schema, target.table)
-    )
+    destination = publisher.staging
     writer = BatchWriter(
         pool,
         target,
@@ -199,7 +197,7 @@ async def load_partition(
         retries=progress.retries,
         elapsed_s=elapsed,
         rows_per_s=rows_per_s,
-        published=target.mode is WriteMode.REPLACE,
+        published=True,
         dead_letter_sample=tuple(progress.sample),
     )
 
@@ -208,7 +206,7 @@ async def _prepare(
     pool: asyncpg.Pool,
     ledger: LedgerTables,
     target: TableTarget,
-    publisher: ReplacePublisher,
+    publisher: StagedPublisher,
     key: tuple[str, str, str],
     retry: RetryPolicy,
 ) -> TargetKind:
@@ -226,10 +224,10 @@ async def _prepare(
                         f"{key[0]} partition {key[1]}: load {key[2]!r} already finished "
                         f"({status}); a new load needs a new load id (see resolve_load_id)"
                     )
-                staging = publisher.staging_table if target.mode is WriteMode.REPLACE else None
-                if staging:
-                    await publisher.prepare(conn)
-                await conn.execute(ledger.begin_load(), *key, target.mode.value, staging)
+                await publisher.prepare(conn)
+                await conn.execute(
+                    ledger.begin_load(), *key, target.mode.value, publisher.staging_table
+                )
             return kind
     raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
 
@@ -298,7 +296,7 @@ def _prepare_batch(
     shaped = shaper.shape(first, chunk)
     rows, record_nos, rejected = shaped.rows, shaped.record_nos, shaped.rejected
     if target.mode is WriteMode.UPSERT:
-        rows, record_nos, duplicates = _last_per_key(rows, record_nos, target, shaper)
+        rows, record_nos, duplicates = _first_per_key(rows, record_nos, target, shaper)
         rejected = sorted([*rejected, *duplicates], key=lambda d: d.record_no)
     return PreparedBatch(
         batch_no=batch_no,
@@ -310,36 +308,35 @@ def _prepare_batch(
     )
 
 
-def _last_per_key(
+def _first_per_key(
     rows: list[tuple[Any, ...]], record_nos: list[int], target: TableTarget, shaper: RecordShaper
 ) -> tuple[list[tuple[Any, ...]], list[int], list[DeadLetter]]:
-    """One row per primary key in a batch (ON CONFLICT cannot touch a row twice).
+    """One row per primary key in a batch: the first occurrence is written.
 
-    The last occurrence wins, as a later upsert would; the earlier ones are dead-lettered
-    as superseded rather than vanishing without a trace.
+    The same rule as across batches, where the staging table's key rejects the later
+    record: later repeats are dead-lettered as ``DuplicateKey`` (cheaper here than
+    bisecting them out of a COPY), never silently dropped or double-counted.
     """
     positions = [target.row_columns.index(k) for k in target.primary_key]
-    last: dict[tuple[Any, ...], int] = {}
-    for i, row in enumerate(rows):
-        last[tuple(row[p] for p in positions)] = i
-    if len(last) == len(rows):
-        return rows, record_nos, []
-    keep = set(last.values())
+    first: dict[tuple[Any, ...], int] = {}
     superseded = []
     for i, row in enumerate(rows):
-        if i in keep:
-            continue
         key = tuple(row[p] for p in positions)
+        if key not in first:
+            first[key] = i
+            continue
         superseded.append(
             DeadLetter(
                 record_nos[i],
                 payload_json(dict(zip(shaper.columns, row, strict=True))),
                 "DuplicateKey",
-                f"primary key {dict(zip(target.primary_key, key, strict=True))} repeats later in "
-                f"the same batch (record {record_nos[last[key]]}); the later record was written",
+                f"primary key {dict(zip(target.primary_key, key, strict=True))} was already "
+                f"written by record {record_nos[first[key]]} of this load",
             )
         )
-    kept = sorted(keep)
+    if not superseded:
+        return rows, record_nos, []
+    kept = sorted(first.values())
     return [rows[i] for i in kept], [record_nos[i] for i in kept], superseded
 
 
@@ -369,7 +366,7 @@ async def _finish(
     pool: asyncpg.Pool,
     ledger: LedgerTables,
     target: TableTarget,
-    publisher: ReplacePublisher,
+    publisher: StagedPublisher,
     kind: TargetKind,
     key: tuple[str, str, str],
     progress: _Progress,
@@ -386,17 +383,7 @@ async def _finish(
                     expected_enqueued=progress.enqueued,
                     expected_batches=progress.batches_cut,
                 )
-                if target.mode is WriteMode.REPLACE:
-                    await publisher.publish(conn, kind, totals)
-                else:
-                    await conn.execute(
-                        ledger.finish_load(),
-                        *key,
-                        "complete",
-                        totals.enqueued,
-                        totals.written,
-                        totals.dead_lettered,
-                    )
+                await publisher.publish(conn, kind, totals)
                 return totals
     raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
 

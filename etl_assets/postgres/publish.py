@@ -1,4 +1,4 @@
-"""Replace mode: write a partition into staging, audit it, then publish it atomically.
+"""Stage, audit, publish: a partition becomes visible in one transaction, or not at all.
 
 Dagster's own DB IO managers delete a partition and insert it again in separate steps
 (dagster issue #14091): a failed rerun leaves the last good partition empty or half
@@ -13,6 +13,11 @@ swap is one transaction:
   data is never copied a second time.
 * plain table that already existed: ``DELETE`` the day, ``INSERT ... SELECT`` from
   staging, in one transaction.
+
+Upsert mode stages the same way and then merges (``INSERT ... SELECT ... ON CONFLICT
+DO UPDATE``) in one transaction, the way dlt's ``merge`` does: readers never see half a
+load, and the staging table's primary key catches a key that repeats across batches
+(dead-lettered as a duplicate) so ``written`` counts each key once.
 """
 
 from __future__ import annotations
@@ -32,10 +37,13 @@ from etl_assets.postgres.sql import (
     qualified,
     quote_ident,
     short_name,
+    upsert_statement,
 )
-from etl_assets.postgres.target import TableTarget
+from etl_assets.postgres.target import TableTarget, WriteMode
 
-__all__ = ["ReplacePublisher", "TargetKind", "audit", "inspect_target"]
+__all__ = ["FINISHED", "StagedPublisher", "TargetKind", "audit", "inspect_target"]
+
+FINISHED = ("published", "complete")
 
 
 class TargetKind(enum.Enum):
@@ -120,8 +128,8 @@ async def audit(
     return totals
 
 
-class ReplacePublisher:
-    """Staging, audit and publish for one (target, partition, load)."""
+class StagedPublisher:
+    """Staging, audit and publish (replace) or merge (upsert) for one (target, partition, load)."""
 
     def __init__(
         self, target: TableTarget, ledger: LedgerTables, day: dt.date, load_id: str
@@ -155,14 +163,14 @@ class ReplacePublisher:
     async def publish(
         self, conn: asyncpg.Connection, kind: TargetKind, totals: PartitionTotals
     ) -> None:
-        """Swap the staged partition in and record it, in ONE transaction."""
+        """Swap (replace) or merge (upsert) the staged rows in and record it, in ONE transaction."""
         async with conn.transaction():
             status = await conn.fetchval(
                 f"SELECT status FROM {self.ledger.loads} "
                 "WHERE target = $1 AND partition_key = $2 AND load_id = $3 FOR UPDATE",
                 *self.key,
             )
-            if status == "published":  # an earlier attempt's COMMIT went through
+            if status in FINISHED:  # an earlier attempt's COMMIT went through
                 return
             staged = await self.staged_rows(conn)
             if staged != totals.written:
@@ -170,18 +178,37 @@ class ReplacePublisher:
                     f"{self.key[0]} partition {self.key[1]}: staging holds {staged} rows, "
                     f"the ledger says {totals.written} were written; not publishing"
                 )
-            if kind is TargetKind.PARTITIONED:
+            if self.target.mode is WriteMode.UPSERT:
+                await self._merge_rows(conn, staged)
+            elif kind is TargetKind.PARTITIONED:
                 await self._swap_partition(conn)
             else:
                 await self._replace_rows(conn)
             await conn.execute(
                 self.ledger.finish_load(),
                 *self.key,
-                "published",
+                self.finished_status,
                 totals.enqueued,
                 totals.written,
                 totals.dead_lettered,
             )
+
+    @property
+    def finished_status(self) -> str:
+        return "complete" if self.target.mode is WriteMode.UPSERT else "published"
+
+    async def _merge_rows(self, conn: asyncpg.Connection, staged: int) -> None:
+        cols = self.target.row_columns
+        merge = upsert_statement(
+            self.target.sql_name, self.staging_sql, cols, self.target.primary_key
+        )
+        merged = int((await conn.execute(merge)).rsplit(" ", 1)[-1])
+        if merged != staged:  # a trigger or rule swallowed rows: refuse rather than under-count
+            raise LoadIntegrityError(
+                f"{self.key[0]} partition {self.key[1]}: merging {staged} staged rows "
+                f"affected {merged}; not completing the load"
+            )
+        await conn.execute(f"DROP TABLE {self.staging_sql}")
 
     async def _swap_partition(self, conn: asyncpg.Connection) -> None:
         low, high = partition_bounds(self.day)

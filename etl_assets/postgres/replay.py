@@ -31,7 +31,7 @@ from etl_assets.errors import ConfigurationError, FatalError, LoadIntegrityError
 from etl_assets.postgres.ledger import LedgerTables
 from etl_assets.postgres.loader import LoadSettings, ensure_ledger, mark_load_failed
 from etl_assets.postgres.retry import classified, retrying
-from etl_assets.postgres.target import TableTarget
+from etl_assets.postgres.target import TableTarget, WriteMode
 from etl_assets.postgres.verify import REPLAY_MODE, latest_load
 from etl_assets.postgres.writer import BatchWriter, Claim, Log, PreparedBatch, batch_digest
 from etl_assets.records import RecordShaper
@@ -86,6 +86,7 @@ async def replay_dead_letters(
         retry=settings.retry,
         log=log,
         claim=_claim(ledger, load_id),
+        upsert=target.mode is WriteMode.UPSERT,
     )
     shaper = RecordShaper(target.data_columns, target.partition_column, day, model)
     replayed = written = dead = batches = 0

@@ -55,7 +55,7 @@ class WriteMode(enum.StrEnum):
     """How a partition is made idempotent."""
 
     REPLACE = "replace"  # stage, audit, then swap the whole partition in one transaction
-    UPSERT = "upsert"  # INSERT ... ON CONFLICT (primary key) DO UPDATE, batch by batch
+    UPSERT = "upsert"  # stage, audit, then merge: INSERT ... ON CONFLICT (key) DO UPDATE
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,7 @@ from etl_assets.errors import (
 from etl_assets.postgres.ledger import LedgerTables, dead_letter_arrays
 from etl_assets.postgres.retry import DRIVER_ERRORS, RetryPolicy, retrying
 from etl_assets.postgres.sql import quote_ident, upsert_statement
-from etl_assets.postgres.target import TableTarget, WriteMode
+from etl_assets.postgres.target import TableTarget
 from etl_assets.records import DeadLetter, no_nul, payload_json
 
 __all__ = ["BatchResult", "BatchWriter", "Log", "PreparedBatch", "batch_digest"]
@@ -87,7 +87,11 @@ def batch_digest(rows: Sequence[Row], rejected: Sequence[DeadLetter]) -> str:
 
 
 class BatchWriter:
-    """Writes batches of one (target, partition, load) into ``destination``."""
+    """Writes batches of one (target, partition, load) into ``destination``.
+
+    Loads COPY into their staging table. ``upsert=True`` (replays into an upsert target)
+    goes through a temporary table and ``INSERT ... ON CONFLICT DO UPDATE`` instead.
+    """
 
     def __init__(
         self,
@@ -102,6 +106,7 @@ class BatchWriter:
         max_dead_letters_per_batch: int | None = None,
         log: Log | None = None,
         claim: Claim | None = None,
+        upsert: bool = False,
     ) -> None:
         self._pool = pool
         self._target = target
@@ -113,7 +118,8 @@ class BatchWriter:
         self._log: Log = log or logging.getLogger(__name__)
         self._columns = list(target.row_columns)
         self._claim = claim
-        if target.mode is WriteMode.UPSERT:
+        self._upsert = upsert
+        if upsert:
             self._upsert_sql = upsert_statement(
                 target.sql_name,
                 f"pg_temp.{quote_ident(_UPSERT_STAGE)}",
@@ -151,7 +157,7 @@ class BatchWriter:
                     return self._committed_before(batch, done)
                 if self._claim is not None:
                     await self._claim(conn, batch)
-                if self._target.mode is WriteMode.UPSERT:
+                if self._upsert:
                     await conn.execute(
                         f"CREATE TEMP TABLE {quote_ident(_UPSERT_STAGE)} "
                         f"(LIKE {self._target.sql_name} INCLUDING DEFAULTS) ON COMMIT DROP"
@@ -250,7 +256,7 @@ class BatchWriter:
         return left[0] + right[0], left[1] + right[1]
 
     async def _write_rows(self, conn: asyncpg.Connection, rows: list[Row]) -> int:
-        if self._target.mode is WriteMode.REPLACE:
+        if not self._upsert:
             schema, table = self._destination
             await conn.copy_records_to_table(
                 table, schema_name=schema, records=rows, columns=self._columns

@@ -289,17 +289,39 @@ def test_circuit_breaker_trips_at_30_percent_bad_records(pg_dsn: str, schema: st
     asyncio.run(scenario())
 
 
-def test_duplicate_keys_in_an_upsert_batch_keep_the_last(pg_dsn: str, schema: str) -> None:
-    """Within a batch the later record of a key wins; the earlier one is dead-lettered, not lost."""
+def test_duplicate_keys_in_an_upsert_batch_keep_the_first(pg_dsn: str, schema: str) -> None:
+    """Within a batch the first record of a key is written; the later one is dead-lettered."""
     target = events_target(schema, WriteMode.UPSERT)
     rows = [*records(10), {"event_id": 3, "user name": "again", "amount": 9.0}]
 
     async def scenario() -> None:
         report = await load(pg_dsn, target, rows)
         assert (report.enqueued, report.written, report.dead_lettered) == (11, 10, 1)
-        assert (await table_rows(pg_dsn, target))[3] == (3, "again", 9.0)
+        assert (await table_rows(pg_dsn, target))[3] == (3, "u3", 1.5)
         letters = await dead_letters(pg_dsn, schema)
-        assert [(r["record_no"], r["error_class"]) for r in letters] == [(3, "DuplicateKey")]
+        assert [(r["record_no"], r["error_class"]) for r in letters] == [(10, "DuplicateKey")]
+
+    asyncio.run(scenario())
+
+
+def test_keys_repeated_across_upsert_batches_are_written_and_counted_once(
+    pg_dsn: str, schema: str
+) -> None:
+    """The staging key catches a repeat in a later batch: counted once, the repeat dead-lettered."""
+    target = events_target(schema, WriteMode.UPSERT)
+    rows = [*records(1_000), *records(10, tag="again"), *records(990, start=1_000)]
+
+    async def scenario() -> None:
+        report = await load(pg_dsn, target, rows, batch_size=1_000)
+        assert (report.enqueued, report.written, report.dead_lettered) == (2_000, 1_990, 10)
+        table = await table_rows(pg_dsn, target)
+        assert len(table) == 1_990
+        assert table[:10] == [(i, f"u{i}", i * 0.5) for i in range(10)]
+        letters = await dead_letters(pg_dsn, schema)
+        assert [(r["record_no"], r["sqlstate"]) for r in letters] == [
+            (1_000 + i, "23505") for i in range(10)
+        ]
+        assert await ledger_sums(pg_dsn, schema, "run-1") == (2, 2_000, 1_990, 10)
 
     asyncio.run(scenario())
 
