@@ -1,5 +1,6 @@
 """etl_assets: load date-partitioned data into PostgreSQL without losing or duplicating a row."""
 
+from etl_assets.checks import partition_checks
 from etl_assets.errors import (
     CircuitBreakerOpenError,
     ConfigurationError,
@@ -10,18 +11,29 @@ from etl_assets.errors import (
     RetryableError,
     classify,
 )
+from etl_assets.io_manager import PartitionRecords, ResilientPostgresIOManager, data_date
 from etl_assets.postgres.loader import LoadReport, LoadSettings, load_partition, resolve_load_id
+from etl_assets.postgres.replay import ReplayReport, replay_dead_letters
 from etl_assets.postgres.resource import ConnectionFailedError, PostgresResource
 from etl_assets.postgres.retry import RetryPolicy
 from etl_assets.postgres.target import Column, TableTarget, WriteMode, columns_from_model
+from etl_assets.spec import PostgresTable
 
 __all__ = [
+    # dagster
+    "PostgresTable",
+    "ResilientPostgresIOManager",
+    "PartitionRecords",
+    "partition_checks",
+    "data_date",
     # loading
     "load_partition",
     "resolve_load_id",
     "LoadReport",
     "LoadSettings",
     "RetryPolicy",
+    "replay_dead_letters",
+    "ReplayReport",
     # targets
     "TableTarget",
     "Column",
