@@ -58,19 +58,27 @@ def test_a_generator_is_streamed_in_batches_and_upstream_reads_it_back(
         # A bare generator would be taken by Dagster as a stream of events: key it instead.
         return {context.partition_key: readings(25_000)}
 
-    seen: list[int] = []
+    seen: dict[str, int] = {}
 
-    @dg.asset(partitions_def=daily, deps=[], ins={"readings_asset": dg.AssetIn()})
+    @dg.asset(partitions_def=daily, ins={"readings_asset": dg.AssetIn()})
     def consumer(readings_asset: list[dict[str, Any]]) -> None:
-        seen.append(len(readings_asset))
+        seen["partition"] = len(readings_asset)
+
+    @dg.asset(ins={"readings_asset": dg.AssetIn()})
+    def whole_table(readings_asset: list[dict[str, Any]]) -> None:
+        seen["all"] = len(readings_asset)
 
     result = dg.materialize([readings_asset, consumer], resources=resources, partition_key=DAY)
+    everything = dg.materialize(
+        [readings_asset.to_source_asset(), whole_table], resources=resources
+    )
 
     assert result.success
+    assert everything.success
     [mat] = result.asset_materializations_for_node("readings_asset")
     assert mat.metadata["batches"].value == 3  # 10k + 10k + 5k
     assert mat.metadata["written"].value == 25_000
-    assert seen == [25_000]
+    assert seen == {"partition": 25_000, "all": 25_000}
     rows = asyncio.run(fetch(db_dsn, "SELECT count(*), sum(sensor_id) FROM public.readings"))
     assert tuple(rows[0]) == (25_000, sum(range(25_000)))
 
