@@ -201,6 +201,7 @@ def load_report_metadata(reports: Sequence[LoadReport]) -> dict[str, Any]:
             "retries": report.retries,
             "rows_per_s": round(report.rows_per_s, 1),
             "elapsed_s": round(report.elapsed_s, 3),
+            "publish_s": round(report.publish_s, 3),
             "load_id": report.load_id,
             "table": report.target,
             "mode": report.mode,

@@ -80,6 +80,7 @@ class LoadReport:
     elapsed_s: float
     rows_per_s: float
     published: bool
+    publish_s: float = 0.0  # audit + swap/merge, the part that makes it visible
     dead_letter_sample: tuple[int, ...] = ()
 
 
@@ -162,7 +163,9 @@ async def load_partition(
     progress = _Progress()
     try:
         await _pipeline(records, shaper, writer, target, settings, progress, log, key, started)
+        publishing = time.perf_counter()
         totals = await _finish(pool, ledger, target, publisher, kind, key, progress, settings)
+        publish_s = time.perf_counter() - publishing
     except BaseException as exc:
         await mark_load_failed(pool, ledger, key, log)
         if isinstance(exc, BaseExceptionGroup):
@@ -198,6 +201,7 @@ async def load_partition(
         elapsed_s=elapsed,
         rows_per_s=rows_per_s,
         published=True,
+        publish_s=publish_s,
         dead_letter_sample=tuple(progress.sample),
     )
 
