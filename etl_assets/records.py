@@ -7,9 +7,10 @@ never allowed to crash the load, and never silently dropped.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,20 +99,59 @@ class RecordShaper:
         self.partition_column = partition_column
         self.day = day
         self._adapter = pydantic.TypeAdapter(list[model]) if model is not None else None  # type: ignore[valid-type]
+        self._model_has_partition_column = (
+            model is not None and partition_column in model.model_fields
+        )
         self._by_attr = _tuple_getter(operator.attrgetter, tuple(data_columns))
         self._by_item = _tuple_getter(operator.itemgetter, tuple(data_columns))
 
     def shape(self, first_record_no: int, records: Sequence[Any]) -> ShapedChunk:
-        """Validate and convert ``records``, numbered from ``first_record_no``."""
+        """Validate and convert ``records``, numbered from ``first_record_no``.
+
+        The common case (every record a dict with exactly the data columns, or a
+        validated model without the partition column) is converted with C-level
+        ``map`` calls; anything else takes the record-by-record path, which can name
+        what is wrong with each record.
+        """
+        items: Sequence[Any] = records
+        record_nos: Sequence[int] = range(first_record_no, first_record_no + len(records))
         rejected: list[DeadLetter] = []
-        numbered = list(enumerate(records, start=first_record_no))
         if self._adapter is not None:
-            numbered, invalid = self._validate(numbered)
-            rejected.extend(invalid)
+            items, record_nos, rejected = self._validate(records, record_nos)
+            rows = self._rows_of_models(items)
+        else:
+            rows = self._rows_of_plain_dicts(items)
+        if rows is not None:
+            return ShapedChunk(rows, list(record_nos), rejected)
+        slow = self._shape_one_by_one(items, record_nos)
+        return ShapedChunk(slow.rows, slow.record_nos, sorted_letters([*rejected, *slow.rejected]))
+
+    def _with_day(self, values: Iterable[Row]) -> list[Row]:
+        return list(map(operator.add, values, itertools.repeat((self.day,))))
+
+    def _rows_of_plain_dicts(self, items: Sequence[Any]) -> list[Row] | None:
+        """Dicts holding exactly the data columns cannot carry another date: no per-row check."""
+        if set(map(type, items)) - {dict} or set(map(len, items)) - {len(self.columns) - 1}:
+            return None
+        try:
+            return self._with_day(map(self._by_item, items))
+        except KeyError:  # a wrong key of the right count: the slow path names it
+            return None
+
+    def _rows_of_models(self, models: Sequence[Any]) -> list[Row] | None:
+        if self._model_has_partition_column:  # its date must be checked record by record
+            return None
+        try:
+            return self._with_day(map(self._by_attr, models))
+        except AttributeError:  # a declared column the model lacks: the slow path names it
+            return None
+
+    def _shape_one_by_one(self, items: Sequence[Any], record_nos: Sequence[int]) -> ShapedChunk:
         rows: list[Row] = []
-        record_nos: list[int] = []
+        kept: list[int] = []
+        rejected: list[DeadLetter] = []
         column, day = self.partition_column, self.day
-        for record_no, record in numbered:
+        for record_no, record in zip(record_nos, items, strict=True):
             try:
                 if isinstance(record, dict):
                     values, record_day = self._by_item(record), record.get(column, day)
@@ -133,32 +173,35 @@ class RecordShaper:
                 )
                 continue
             rows.append((*values, day))
-            record_nos.append(record_no)
-        return ShapedChunk(rows, record_nos, rejected)
+            kept.append(record_no)
+        return ShapedChunk(rows, kept, rejected)
 
     def _validate(
-        self, numbered: list[tuple[int, Any]]
-    ) -> tuple[list[tuple[int, Any]], list[DeadLetter]]:
+        self, records: Sequence[Any], record_nos: Sequence[int]
+    ) -> tuple[list[Any], Sequence[int], list[DeadLetter]]:
         """Validate the whole chunk in one pydantic call; only on failure look closer."""
         assert self._adapter is not None
         try:
-            models = self._adapter.validate_python([record for _, record in numbered])
+            return self._adapter.validate_python(records), record_nos, []
         except pydantic.ValidationError as exc:
             bad = _errors_by_index(exc)
-            good = [item for i, item in enumerate(numbered) if i not in bad]
-            rejected = [
-                DeadLetter(
-                    numbered[i][0],
-                    payload_json(numbered[i][1]),
-                    "ValidationError",
-                    "; ".join(_describe(e) for e in errors),
-                    detail=json.dumps(errors, default=str),
-                )
-                for i, errors in sorted(bad.items())
-            ]
-            models = self._adapter.validate_python([record for _, record in good])
-            return [(n, m) for (n, _), m in zip(good, models, strict=True)], rejected
-        return [(n, m) for (n, _), m in zip(numbered, models, strict=True)], []
+        rejected = [
+            DeadLetter(
+                record_nos[i],
+                payload_json(records[i]),
+                "ValidationError",
+                "; ".join(_describe(e) for e in errors),
+                detail=json.dumps(errors, default=str),
+            )
+            for i, errors in sorted(bad.items())
+        ]
+        good = [i for i in range(len(records)) if i not in bad]
+        models = self._adapter.validate_python([records[i] for i in good])
+        return models, [record_nos[i] for i in good], rejected
+
+
+def sorted_letters(letters: Iterable[DeadLetter]) -> list[DeadLetter]:
+    return sorted(letters, key=operator.attrgetter("record_no"))
 
 
 def _tuple_getter(
