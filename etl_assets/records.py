@@ -16,6 +16,8 @@ from typing import Any
 
 import pydantic
 
+from etl_assets import collector
+
 __all__ = ["DeadLetter", "RecordShaper", "ShapedChunk", "payload_json"]
 
 Row = tuple[Any, ...]
@@ -112,7 +114,14 @@ class RecordShaper:
         validated model without the partition column) is converted with C-level
         ``map`` calls; anything else takes the record-by-record path, which can name
         what is wrong with each record.
+
+        The cyclic garbage collector is paused meanwhile (see ``etl_assets.collector``):
+        a batch allocates tens of thousands of objects that all survive it.
         """
+        with collector.paused():
+            return self._shape(first_record_no, records)
+
+    def _shape(self, first_record_no: int, records: Sequence[Any]) -> ShapedChunk:
         items: Sequence[Any] = records
         record_nos: Sequence[int] = range(first_record_no, first_record_no + len(records))
         rejected: list[DeadLetter] = []

@@ -23,6 +23,7 @@ from typing import Any
 import asyncpg
 import pydantic
 
+from etl_assets import collector
 from etl_assets.errors import CircuitBreakerOpenError, ConfigurationError, FatalError
 from etl_assets.postgres.ledger import LedgerTables, PartitionTotals
 from etl_assets.postgres.publish import StagedPublisher, TargetKind, audit, inspect_target
@@ -139,6 +140,20 @@ async def load_partition(
     log: Log | None = None,
 ) -> LoadReport:
     """Load ``records`` as partition ``day`` of ``target`` and prove none was lost."""
+    with collector.frozen_heap():
+        return await _load_partition(pool, target, day, records, load_id, model, settings, log)
+
+
+async def _load_partition(
+    pool: asyncpg.Pool,
+    target: TableTarget,
+    day: dt.date,
+    records: Iterable[Any],
+    load_id: str,
+    model: type[pydantic.BaseModel] | None,
+    settings: LoadSettings | None,
+    log: Log | None,
+) -> LoadReport:
     settings = settings or LoadSettings()
     log = log or logging.getLogger(__name__)
     ledger = LedgerTables(settings.ledger_schema)
