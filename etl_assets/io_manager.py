@@ -13,7 +13,7 @@ event loop with one pool, closed on every path (``PostgresResource.run``).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -29,12 +29,40 @@ from etl_assets.postgres.target import TableTarget
 from etl_assets.postgres.writer import Log
 from etl_assets.spec import PostgresTable
 
-__all__ = ["PartitionRecords", "ResilientPostgresIOManager", "data_date", "load_report_metadata"]
+__all__ = [
+    "IO_MANAGER_KEY",
+    "PartitionRecords",
+    "ResilientPostgresIOManager",
+    "data_date",
+    "load_report_metadata",
+    "postgres_asset",
+]
+
+IO_MANAGER_KEY = "postgres_io_manager"
 
 PartitionRecords = dict[str, Any]
 """What an asset may return: ``{partition_key: records}``, records being a list or an
 iterator of pydantic models or dicts. (Spelled ``dict[str, Any]`` because Dagster cannot
 type-check iterators; the IO manager checks the shape instead.)"""
+
+
+def postgres_asset(
+    spec: PostgresTable, *, partitions_def: dg.PartitionsDefinition, **kwargs: Any
+) -> Callable[[Callable[..., Any]], dg.AssetsDefinition]:
+    """``@dg.asset`` for a table written by the IO manager, with this package's defaults.
+
+    One partition per backfill run (each gets its own check result), the table's
+    metadata, the ``postgres`` pool and IO manager; any ``dg.asset`` argument overrides.
+    """
+    kwargs.setdefault("backfill_policy", dg.BackfillPolicy.multi_run(1))
+    kwargs.setdefault("io_manager_key", IO_MANAGER_KEY)
+    kwargs.setdefault("pool", "postgres")
+    kwargs.setdefault("kinds", {"postgres"})
+    metadata = {**spec.metadata(), **kwargs.pop("metadata", {})}
+    decorator: Callable[[Callable[..., Any]], dg.AssetsDefinition] = dg.asset(
+        partitions_def=partitions_def, metadata=metadata, **kwargs
+    )
+    return decorator
 
 
 class ResilientPostgresIOManager(dg.ConfigurableIOManager):

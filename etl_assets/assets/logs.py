@@ -16,7 +16,7 @@ from typing import Any, Literal
 import dagster as dg
 import pydantic
 
-from etl_assets.io_manager import PartitionRecords, data_date
+from etl_assets.io_manager import PartitionRecords, data_date, postgres_asset
 from etl_assets.landing import default_landing_dir, read_landing_day
 from etl_assets.partitions import daily
 from etl_assets.postgres.target import WriteMode
@@ -32,8 +32,6 @@ __all__ = [
     "daily_metrics",
     "raw_logs",
 ]
-
-IO_MANAGER_KEY = "postgres_io_manager"
 
 
 class LogRecord(pydantic.BaseModel):
@@ -85,15 +83,7 @@ class RawLogsConfig(dg.Config):
     )
 
 
-@dg.asset(
-    partitions_def=daily,
-    backfill_policy=dg.BackfillPolicy.multi_run(1),
-    io_manager_key=IO_MANAGER_KEY,
-    metadata=LOGS.metadata(),
-    pool="postgres",
-    group_name="logs",
-    kinds={"postgres"},
-)
+@postgres_asset(LOGS, partitions_def=daily, group_name="logs")
 def raw_logs(context: dg.AssetExecutionContext, config: RawLogsConfig) -> PartitionRecords:
     """Log lines of the data date from the landing folder, into table ``logs``.
 
@@ -104,14 +94,10 @@ def raw_logs(context: dg.AssetExecutionContext, config: RawLogsConfig) -> Partit
     return {key: read_landing_day(landing, data_date(key)) for key in context.partition_keys}
 
 
-@dg.asset(
+@postgres_asset(
+    DAILY_METRICS,
     partitions_def=daily,
-    backfill_policy=dg.BackfillPolicy.multi_run(1),
-    io_manager_key=IO_MANAGER_KEY,
-    metadata=DAILY_METRICS.metadata(),
-    pool="postgres",
     group_name="logs",
-    kinds={"postgres"},
     automation_condition=dg.AutomationCondition.eager()
     & dg.AutomationCondition.all_deps_blocking_checks_passed(),
 )

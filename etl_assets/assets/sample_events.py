@@ -11,7 +11,7 @@ from typing import Any
 import dagster as dg
 import pydantic
 
-from etl_assets.io_manager import PartitionRecords, data_date
+from etl_assets.io_manager import PartitionRecords, data_date, postgres_asset
 from etl_assets.partitions import daily
 from etl_assets.spec import PostgresTable
 
@@ -42,14 +42,7 @@ class SampleEventsConfig(dg.Config):
     records_per_day: int = pydantic.Field(default=50_000, ge=0, le=20_000_000)
 
 
-@dg.asset(
-    partitions_def=daily,
-    io_manager_key="postgres_io_manager",
-    metadata=SAMPLE_EVENTS.metadata(),
-    pool="postgres",
-    group_name="examples",
-    kinds={"postgres"},
-)
+@postgres_asset(SAMPLE_EVENTS, partitions_def=daily, group_name="examples")
 def sample_events_table(
     context: dg.AssetExecutionContext, config: SampleEventsConfig
 ) -> PartitionRecords:

@@ -68,14 +68,19 @@ def closed_port() -> int:
         return int(s.getsockname()[1])
 
 
+def run_with_database_down(
+    instance: dg.DagsterInstance, landing: Path, *, connect_attempts: int
+) -> dg.ExecuteInProcessResult:
+    """The log pipeline for one day against a server that refuses every connection."""
+    dsn = f"postgresql://etl:s3cret-pw@127.0.0.1:{closed_port()}/etl"
+    down = definitions.resources(PostgresResource(dsn=dsn, connect_attempts=connect_attempts))
+    return materialize(down, instance, landing, DAYS[0].isoformat(), raise_on_error=False)
+
+
 def test_database_down_past_the_retry_budget_fails_the_run_without_leaking_the_password(
     instance: dg.DagsterInstance, landing: Landing
 ) -> None:
-    folder, _ = landing
-    dsn = f"postgresql://etl:s3cret-pw@127.0.0.1:{closed_port()}/etl"
-    down = definitions.resources(PostgresResource(dsn=dsn, connect_attempts=3))
-
-    result = materialize(down, instance, folder, DAYS[0].isoformat(), raise_on_error=False)
+    result = run_with_database_down(instance, landing[0], connect_attempts=3)
 
     assert not result.success
     assert result.asset_materializations_for_node("raw_logs") == []

@@ -19,7 +19,7 @@ from etl_assets.postgres.resource import PostgresResource
 from etl_assets.postgres.verify import PartitionAudit, audit_partition
 from etl_assets.sensors import dead_letter_sensor, failure_alert
 from etl_assets_tests.dagster.conftest import DAYS, LINES_PER_DAY
-from etl_assets_tests.dagster.test_failures import closed_port
+from etl_assets_tests.dagster.test_failures import run_with_database_down
 from etl_assets_tests.dagster.test_pipeline import Landing, materialize
 from etl_assets_tests.postgres.helpers import execute, fetch
 
@@ -159,10 +159,7 @@ def test_dead_letter_sensor_requests_a_report_once_per_new_letters(
 def test_run_failure_sensor_builds_a_structured_alert(
     instance: dg.DagsterInstance, landing: Landing
 ) -> None:
-    folder, _ = landing
-    dsn = f"postgresql://etl:s3cret-pw@127.0.0.1:{closed_port()}/etl"
-    down = definitions.resources(PostgresResource(dsn=dsn, connect_attempts=1))
-    result = materialize(down, instance, folder, DAYS[0].isoformat(), raise_on_error=False)
+    result = run_with_database_down(instance, landing[0], connect_attempts=1)
     context = dg.build_run_status_sensor_context(
         sensor_name="run_failure_alert",
         dagster_event=result.get_run_failure_event(),
