@@ -13,8 +13,9 @@ Ratios are against raw COPY measured in the same invocation (the machine is shar
 and noisy; only ratios measured together compare).
 
 Set ``ETL_ASSETS_BENCH_DSN`` to use an existing server; by default an embedded one is
-started with its default settings in a temporary folder. ``BENCH_WRITERS`` overrides
-the etl_assets paths' concurrent writers (default 3, LoadSettings' default).
+started with its default settings in a temporary folder. ``BENCH_WRITERS`` and
+``BENCH_BATCH_SIZE`` override the etl_assets paths' writers and batch size (defaults 3
+and 10,000, LoadSettings' defaults).
 """
 
 from __future__ import annotations
@@ -143,7 +144,11 @@ async def _etl(
         started = time.perf_counter()
         report = await load_partition(
             pool, target, DAY, records(n), load_id="bench", model=model,
-            settings=LoadSettings(writers=int(os.environ.get("BENCH_WRITERS", "3"))),
+            settings=LoadSettings(
+                writers=int(os.environ.get("BENCH_WRITERS", "3")),
+                batch_size=int(os.environ.get("BENCH_BATCH_SIZE", "10000")),
+                queue_depth=int(os.environ.get("BENCH_QUEUE_DEPTH", "2")),
+            ),
             log=quiet,
         )  # fmt: skip
         seconds = time.perf_counter() - started

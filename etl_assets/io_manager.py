@@ -69,7 +69,7 @@ class ResilientPostgresIOManager(dg.ConfigurableIOManager):
     """Writes each partition through the ledgered, retried, audited load engine."""
 
     postgres: PostgresResource
-    batch_size: int = Field(default=10_000, ge=1, description="Records per transaction.")
+    batch_size: int = Field(default=25_000, ge=1, description="Records per transaction.")
     writers: int = Field(default=3, ge=1, description="Concurrent batch writers per partition.")
     max_dead_letter_ratio: float = Field(
         default=0.05, ge=0, le=1, description="Dead-letter share that trips the breaker."

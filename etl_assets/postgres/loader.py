@@ -49,7 +49,7 @@ _SAMPLE = 10
 class LoadSettings:
     """Knobs of one load, with defaults that suit a 2-core machine and a local server."""
 
-    batch_size: int = 10_000
+    batch_size: int = 25_000  # per-batch overhead vs memory: see docs/PERFORMANCE.md
     writers: int = 3
     queue_depth: int = 2
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -270,7 +270,7 @@ async def _pipeline(
     started: float,
 ) -> None:
     queue: asyncio.Queue[PreparedBatch | None] = asyncio.Queue(
-        maxsize=settings.writers * settings.queue_depth or 1
+        maxsize=max(settings.queue_depth, 1)  # 0 would mean unbounded to asyncio
     )
 
     async def produce() -> None:

@@ -24,7 +24,9 @@ class Reading(pydantic.BaseModel):
     celsius: float
 
 
-READINGS = PostgresTable(table="readings", model=Reading, primary_key=("data_date", "sensor_id"))
+READINGS = PostgresTable(
+    table="readings", model=Reading, primary_key=("data_date", "sensor_id"), batch_size=10_000
+)
 DAY = "2024-05-01"
 
 
