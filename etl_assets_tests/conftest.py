@@ -45,3 +45,12 @@ def schema(pg_dsn: str) -> Iterator[str]:
     asyncio.run(
         execute(pg_dsn, f'DROP SCHEMA IF EXISTS "{name.replace(chr(34), chr(34) * 2)}" CASCADE')
     )
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """With ETL_ASSETS_RELIABILITY_REPORT=path, write the fault scenarios' table there."""
+    from etl_assets_tests.faults.harness import OUTCOMES, REPORT_ENV, write_report
+
+    path = os.environ.get(REPORT_ENV)
+    if path and OUTCOMES:
+        write_report(Path(path))

@@ -22,6 +22,7 @@ import os
 import pwd
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -83,6 +84,18 @@ class EmbeddedPostgres:
             yield dsn
         finally:
             self.release()
+
+    def restart(self, down_s: float = 0.0) -> str:
+        """Stop the server, stay down ``down_s`` seconds, start it again; its new DSN.
+
+        For fault injection: every connection dies, and the server comes back on a new
+        free port (put a proxy in front to keep one address).
+        """
+        with self._locked():
+            self.stop()
+            time.sleep(down_s)
+            port = self._start()
+        return f"postgresql://postgres@127.0.0.1:{port}/postgres"
 
     def stop(self) -> None:
         self._pg_ctl("stop", "-m", "fast", "-w", "-t", str(_START_TIMEOUT_S))

@@ -1,0 +1,168 @@
+"""What every fault scenario shares: a seeded poisoned source, the exact verdict, the report.
+
+The verdict compares record keys, not counts: the table must hold exactly the source's
+keys minus the dead-lettered ones, each once; the dead letters must be exactly the
+poison records, each with an error; a run that succeeded must pass the partition audit
+(the blocking check's logic); a run that failed must have failed with an EtlError or a
+driver error, not hung; and no connection of ours may be left open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from etl_assets.postgres.ledger import LedgerTables
+from etl_assets.postgres.resource import APPLICATION_NAME
+from etl_assets.postgres.target import TableTarget
+from etl_assets.postgres.verify import audit_partition
+from etl_assets_tests.postgres.helpers import DAY, fetch
+
+SOAK = os.environ.get("ETL_ASSETS_SOAK") == "1"
+REPORT_ENV = "ETL_ASSETS_RELIABILITY_REPORT"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One row of docs/RELIABILITY.md."""
+
+    scenario: str
+    faults: str
+    records: int
+    lost: int
+    duplicated: int
+    dead_lettered: int
+    outcome: str
+    recover_s: float
+    seed: int
+
+
+OUTCOMES: list[Outcome] = []
+
+
+def seeded(name: str) -> tuple[int, random.Random]:
+    """A seed per run (ETL_ASSETS_FAULT_SEED replays one), printed for the failure report."""
+    seed = int(os.environ.get("ETL_ASSETS_FAULT_SEED") or random.SystemRandom().randrange(2**32))
+    print(f"\n[faults] {name}: seed {seed} (replay with ETL_ASSETS_FAULT_SEED={seed})")
+    return seed, random.Random(seed)
+
+
+class PoisonedSource:
+    """``n`` records; a share of them poison: a NUL byte (the server rejects it, 22021) or a
+    missing column (the loader rejects it). Knows exactly which keys are poison."""
+
+    def __init__(self, n: int, poison_rate: float, rng: random.Random) -> None:
+        self.n = n
+        count = round(n * poison_rate)
+        self.poison = set(rng.sample(range(n), count))
+        self._missing = {k for k in self.poison if k % 2}
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for i in range(self.n):
+            if i in self._missing:
+                yield {"event_id": i, "user name": f"u{i}"}  # no amount
+            elif i in self.poison:
+                yield {"event_id": i, "user name": f"bad\x00{i}", "amount": i * 0.5}
+            else:
+                yield {"event_id": i, "user name": f"u{i}", "amount": i * 0.5}
+
+
+async def our_connections(dsn: str) -> int:
+    rows = await fetch(
+        dsn,
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 "
+        "AND pid <> pg_backend_pid()",
+        APPLICATION_NAME,
+    )
+    return int(rows[0][0])
+
+
+async def verdict(
+    dsn: str,
+    target: TableTarget,
+    source: PoisonedSource,
+    *,
+    error: BaseException | None,
+    load_id: str | None,
+) -> tuple[int, int, int]:
+    """(lost, duplicated, dead-lettered), after asserting every invariant that must hold."""
+    ids = [
+        r[0]
+        for r in await fetch(
+            dsn,
+            f'SELECT event_id FROM {target.sql_name} WHERE "data date" = $1',
+            DAY,
+        )
+    ]
+    duplicated = len(ids) - len(set(ids))
+    assert duplicated == 0, f"{duplicated} duplicated keys"
+    for _ in range(50):  # backends of killed links may take a moment to go away
+        if await our_connections(dsn) == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert await our_connections(dsn) == 0, "connections leaked"
+    if error is not None:
+        assert not ids, "a failed first load must leave the partition unpublished"
+        return 0, 0, 0
+    letters = await fetch(
+        dsn,
+        f"SELECT (payload->>'event_id')::bigint, error_message "
+        f"FROM {LedgerTables(target.schema).dead_letters} WHERE load_id = $1",
+        load_id,
+    )
+    dead = {r[0] for r in letters}
+    assert all(r[1] for r in letters), "a dead letter without an error"
+    assert dead == source.poison, f"dead letters {len(dead)} != poison {len(source.poison)}"
+    lost = set(range(source.n)) - dead - set(ids)
+    assert not lost, f"{len(lost)} records lost, e.g. {sorted(lost)[:5]}"
+    assert set(ids) == set(range(source.n)) - dead
+    async_conn_audit = await _audit(dsn, target)
+    assert async_conn_audit == (), async_conn_audit
+    return len(lost), duplicated, len(dead)
+
+
+async def _audit(dsn: str, target: TableTarget) -> tuple[str, ...]:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        return (await audit_partition(conn, LedgerTables(target.schema), target, DAY)).problems
+    finally:
+        await conn.close()
+
+
+def record(
+    scenario: str,
+    faults: str,
+    source: PoisonedSource,
+    counts: tuple[int, int, int],
+    error: BaseException | None,
+    started: float,
+    seed: int,
+) -> None:
+    outcome = (
+        "succeeded, check passed" if error is None else f"failed loudly: {type(error).__name__}"
+    )
+    OUTCOMES.append(
+        Outcome(scenario, faults, source.n, *counts, outcome, time.monotonic() - started, seed)
+    )
+
+
+def write_report(path: Path) -> None:
+    lines = [
+        "| scenario | faults injected | records | lost | duplicated | dead-lettered | outcome "
+        "| time to recover (s) | seed |",
+        "|---|---|---:|---:|---:|---:|---|---:|---:|",
+        *(
+            f"| {o.scenario} | {o.faults} | {o.records:,} | {o.lost} | {o.duplicated} | "
+            f"{o.dead_lettered:,} | {o.outcome} | {o.recover_s:.1f} | {o.seed} |"
+            for o in OUTCOMES
+        ),
+    ]
+    path.write_text("\n".join(lines) + "\n")
