@@ -140,7 +140,7 @@ async def _audit(dsn: str, target: TableTarget) -> tuple[str, ...]:
 def record(
     scenario: str,
     faults: str,
-    source: PoisonedSource,
+    source: PoisonedSource | int,
     counts: tuple[int, int, int],
     error: BaseException | None,
     started: float,
@@ -149,8 +149,9 @@ def record(
     outcome = (
         "succeeded, check passed" if error is None else f"failed loudly: {type(error).__name__}"
     )
+    n = source if isinstance(source, int) else source.n
     OUTCOMES.append(
-        Outcome(scenario, faults, source.n, *counts, outcome, time.monotonic() - started, seed)
+        Outcome(scenario, faults, n, *counts, outcome, time.monotonic() - started, seed)
     )
 
 

@@ -36,7 +36,7 @@ from etl_assets_tests.postgres.proxy import FaultProxy
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(240)]
 
-ROWS = 200_000 if SOAK else 30_000
+ROWS = 1_000_000 if SOAK else 30_000
 RATES = [0.0001, 0.01, 0.05]
 RETRY = RetryPolicy(
     attempts=8, timeout_s=60, wait_initial_s=0.05, wait_max_s=1.0, wait_jitter_s=0.2
@@ -90,7 +90,7 @@ def url(dsn: str) -> tuple[str, int]:
 def test_links_cut_after_random_byte_counts(pg_dsn: str, schema: str, rate: float) -> None:
     seed, rng = seeded("links cut mid-stream")
     target, source = events_target(schema), PoisonedSource(ROWS, rate, rng)
-    cuts_wanted = 40 if SOAK else 6
+    cuts_wanted = 300 if SOAK else 6
 
     async def scenario() -> None:
         async with FaultProxy(*url(pg_dsn)) as proxy:
@@ -167,14 +167,14 @@ def test_new_connections_refused_for_a_while(pg_dsn: str, schema: str) -> None:
 def test_backends_terminated_at_random_moments(pg_dsn: str, schema: str, rate: float) -> None:
     seed, rng = seeded("pg_terminate_backend at random")
     target, source = events_target(schema), PoisonedSource(ROWS, rate, rng)
-    kills_wanted = 60 if SOAK else 8
+    kills_wanted = 1_500 if SOAK else 8
 
     async def scenario() -> None:
         stop, kills = asyncio.Event(), [0]
 
         async def killer() -> None:
             while not stop.is_set() and kills[0] < kills_wanted:
-                await asyncio.sleep(rng.uniform(0.01, 0.15))
+                await asyncio.sleep(rng.uniform(0.005, 0.05) if SOAK else rng.uniform(0.01, 0.15))
                 kills[0] += await _terminate_ours(pg_dsn, one=True)
 
         started = time.monotonic()
