@@ -34,7 +34,7 @@ from etl_assets_tests.faults.harness import (
 from etl_assets_tests.postgres.helpers import DAY, events_target, fetch
 from etl_assets_tests.postgres.proxy import FaultProxy
 
-pytestmark = [pytest.mark.faults, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(1_500 if SOAK else 240)]
 
 ROWS = 1_000_000 if SOAK else 30_000
 RATES = [0.0001, 0.01, 0.05]
@@ -69,7 +69,10 @@ async def run_load(
     """The load, bounded in time; an EtlError or driver error is a loud failure, not a crash."""
     resource = PostgresResource(dsn=dsn, connect_attempts=8, connect_budget_s=60)
     try:
-        async with asyncio.timeout(180), resource.pool(**(pool_options or {})) as pool:
+        async with (
+            asyncio.timeout(1_200 if SOAK else 180),
+            resource.pool(**(pool_options or {})) as pool,
+        ):
             report = await load_partition(
                 pool, target, DAY, source, load_id=load_id, settings=settings(target, **kw)
             )
