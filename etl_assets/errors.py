@@ -102,6 +102,8 @@ def classify(exc: BaseException) -> EtlError:
         return RecordError(f"value cannot be encoded: {exc}", sqlstate=None)
     if isinstance(exc, pgbase.ClientConfigurationError | pgbase.UnsupportedClientFeatureError):
         return ConfigurationError(f"asyncpg configuration: {exc}")
+    if isinstance(exc, pgbase.InternalClientError):
+        return RetryableError(f"connection left in a broken state: {exc}")
     if isinstance(exc, pgbase.InterfaceError):
         # "connection is closed" and friends: the connection went away under us.
         return RetryableError(f"connection unusable: {exc}")

@@ -80,3 +80,16 @@ def test_sqlstate_decides_not_the_message() -> None:
     """A localized or misleading message does not change the classification."""
     error = classify(asyncpg.PostgresError.new({"C": "40001", "M": "connection refused"}))
     assert isinstance(error, RetryableError)
+
+
+def test_a_connection_left_in_a_broken_protocol_state_is_retried() -> None:
+    """Regression (soak run, backends killed every 5-50 ms): asyncpg's InternalClientError
+    escaped classification and crashed the load unclassified. It is transient: a fresh
+    connection serves the retry, and ``retry.connection`` terminates the broken one."""
+    from asyncpg.exceptions._base import InternalClientError
+
+    from etl_assets.postgres.retry import DRIVER_ERRORS
+
+    exc = InternalClientError("cannot switch to state 15; another operation (2) is in progress")
+    assert isinstance(exc, DRIVER_ERRORS)
+    assert isinstance(classify(exc), RetryableError)

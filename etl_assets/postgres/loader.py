@@ -27,7 +27,7 @@ from etl_assets import collector
 from etl_assets.errors import CircuitBreakerOpenError, ConfigurationError, FatalError
 from etl_assets.postgres.ledger import LedgerTables, PartitionTotals
 from etl_assets.postgres.publish import StagedPublisher, TargetKind, audit, inspect_target
-from etl_assets.postgres.retry import DRIVER_ERRORS, RetryPolicy, classified, retrying
+from etl_assets.postgres.retry import DRIVER_ERRORS, RetryPolicy, classified, connection, retrying
 from etl_assets.postgres.target import TableTarget, WriteMode
 from etl_assets.postgres.writer import BatchResult, BatchWriter, Log, PreparedBatch, batch_digest
 from etl_assets.records import DeadLetter, RecordShaper, payload_json
@@ -232,7 +232,7 @@ async def _prepare(
     """DDL (idempotent, serialized) and the load's ``loading`` row; safe to retry."""
     async for attempt in retrying(retry):
         with attempt, classified():
-            async with pool.acquire() as conn, conn.transaction():
+            async with connection(pool) as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", _DDL_LOCK)
                 await ensure_ledger(conn, ledger)
                 await conn.execute(target.create_table_sql())
@@ -394,7 +394,7 @@ async def _finish(
     """Audit against the ledger, then publish (replace) or mark complete (upsert)."""
     async for attempt in retrying(settings.retry):
         with attempt, classified():
-            async with pool.acquire() as conn:
+            async with connection(pool) as conn:
                 totals = await audit(
                     conn,
                     ledger,

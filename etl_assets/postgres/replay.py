@@ -30,7 +30,7 @@ import pydantic
 from etl_assets.errors import ConfigurationError, FatalError, LoadIntegrityError
 from etl_assets.postgres.ledger import LedgerTables
 from etl_assets.postgres.loader import LoadSettings, ensure_ledger, mark_load_failed
-from etl_assets.postgres.retry import classified, retrying
+from etl_assets.postgres.retry import classified, connection, retrying
 from etl_assets.postgres.target import TableTarget, WriteMode
 from etl_assets.postgres.verify import REPLAY_MODE, latest_load
 from etl_assets.postgres.writer import BatchWriter, Claim, Log, PreparedBatch, batch_digest
@@ -114,7 +114,7 @@ async def _begin(
 ) -> _Base:
     async for attempt in retrying(settings.retry):
         with attempt, classified():
-            async with pool.acquire() as conn:
+            async with connection(pool) as conn:
                 await ensure_ledger(conn, ledger)
                 base = await latest_load(conn, ledger, key[0], key[1])
                 if base is None:
@@ -145,7 +145,7 @@ async def _page(
         ORDER BY d.id LIMIT $9"""
     async for attempt in retrying(settings.retry):
         with attempt, classified():
-            async with pool.acquire() as conn:
+            async with connection(pool) as conn:
                 rows: list[asyncpg.Record] = await conn.fetch(
                     sql, key[0], key[1], list(NOT_REPLAYED), after, key[2],
                     base.load_id, REPLAY_MODE, base.finished_at, settings.batch_size,
@@ -200,7 +200,7 @@ async def _finish(
 ) -> None:
     async for attempt in retrying(settings.retry):
         with attempt, classified():
-            async with pool.acquire() as conn, conn.transaction():
+            async with connection(pool) as conn, conn.transaction():
                 _, *ledgered = await conn.fetchrow(ledger.sum_batches(), *key)
                 if tuple(ledgered) != totals:
                     raise LoadIntegrityError(

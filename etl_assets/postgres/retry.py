@@ -12,12 +12,15 @@ from asyncpg.exceptions import _base as pgbase
 
 from etl_assets.errors import RetryableError, classify
 
-__all__ = ["DRIVER_ERRORS", "RetryPolicy", "classified", "retrying"]
+__all__ = ["DRIVER_ERRORS", "RetryPolicy", "classified", "connection", "retrying"]
 
 # What asyncpg and the OS raise; everything else is a bug and propagates as it is.
 DRIVER_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError,
     pgbase.InterfaceError,
+    # A connection whose backend died mid-operation can be left in a protocol state
+    # asyncpg refuses to use ("cannot switch to state ..."): found by the soak run.
+    pgbase.InternalClientError,
     OSError,
     TimeoutError,
 )
@@ -58,3 +61,18 @@ def classified() -> Iterator[None]:
         yield
     except DRIVER_ERRORS as exc:
         raise classify(exc) from exc
+
+
+@contextlib.asynccontextmanager
+async def connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection that is terminated, not handed back, after a driver error.
+
+    A connection that saw its backend die or its protocol state break must not serve
+    the next attempt; the pool opens a fresh one instead.
+    """
+    async with pool.acquire() as conn:
+        try:
+            yield conn
+        except DRIVER_ERRORS:
+            conn.terminate()
+            raise

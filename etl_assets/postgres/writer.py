@@ -31,7 +31,7 @@ from etl_assets.errors import (
     classify,
 )
 from etl_assets.postgres.ledger import LedgerTables, dead_letter_arrays
-from etl_assets.postgres.retry import DRIVER_ERRORS, RetryPolicy, retrying
+from etl_assets.postgres.retry import DRIVER_ERRORS, RetryPolicy, connection, retrying
 from etl_assets.postgres.sql import quote_ident, upsert_statement
 from etl_assets.postgres.target import TableTarget
 from etl_assets.records import DeadLetter, no_nul, payload_json
@@ -162,7 +162,7 @@ class BatchWriter:
 
     async def _attempt(self, batch: PreparedBatch, attempt_no: int) -> BatchResult:
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
+            async with connection(self._pool) as conn, conn.transaction():
                 done = await conn.fetchrow(self._ledger.select_batch(), *self._key, batch.batch_no)
                 if done is not None:
                     return self._committed_before(batch, done)

@@ -97,14 +97,15 @@ def test_links_cut_after_random_byte_counts(pg_dsn: str, schema: str, rate: floa
 
     async def scenario() -> None:
         async with FaultProxy(*url(pg_dsn)) as proxy:
-            budgets = iter([rng.randrange(20_000, 400_000) for _ in range(cuts_wanted)])
+            low, high = (200_000, 2_000_000) if SOAK else (20_000, 400_000)
+            budgets = iter([rng.randrange(low, high) for _ in range(cuts_wanted)])
             proxy.byte_budget = lambda: next(budgets, None)
             started = time.monotonic()
             _, error = await run_load(proxy.dsn(pg_dsn), target, source)
         counts = await verdict(pg_dsn, target, source, error=error, load_id="run-1")
         record(
             f"TCP links cut mid-stream, poison {rate:.2%}",
-            f"{proxy.cuts} links cut after 20-400 kB",
+            f"{proxy.cuts} links cut after {low // 1000}-{high // 1000} kB",
             source, counts, error, started, seed,
         )  # fmt: skip
         assert error is None, error
@@ -177,7 +178,7 @@ def test_backends_terminated_at_random_moments(pg_dsn: str, schema: str, rate: f
 
         async def killer() -> None:
             while not stop.is_set() and kills[0] < kills_wanted:
-                await asyncio.sleep(rng.uniform(0.005, 0.05) if SOAK else rng.uniform(0.01, 0.15))
+                await asyncio.sleep(rng.uniform(0.01, 0.15))
                 kills[0] += await _terminate_ours(pg_dsn, one=True)
 
         started = time.monotonic()
