@@ -11,6 +11,7 @@ import pytest
 from etl_assets.postgres.resource import APPLICATION_NAME, ConnectionFailedError, PostgresResource
 from etl_assets.postgres.sql import qualified
 from etl_assets.postgres.target import WriteMode
+from etl_assets_tests.faults.harness import our_connections
 from etl_assets_tests.postgres.helpers import (
     events_target,
     expected,
@@ -21,16 +22,6 @@ from etl_assets_tests.postgres.helpers import (
     table_rows,
 )
 from etl_assets_tests.postgres.proxy import FaultProxy
-
-
-async def _our_connections(dsn: str) -> int:
-    rows = await fetch(
-        dsn,
-        "SELECT count(*) FROM pg_stat_activity "
-        "WHERE application_name = $1 AND pid <> pg_backend_pid()",
-        APPLICATION_NAME,
-    )
-    return int(rows[0][0])
 
 
 @pytest.mark.parametrize("mode", [WriteMode.REPLACE, WriteMode.UPSERT])
@@ -81,7 +72,7 @@ def test_backend_killed_mid_copy_is_retried_without_loss_or_duplicates(
         assert report.retries >= 1
         assert (report.enqueued, report.written, report.dead_lettered) == (60_000, 60_000, 0)
         assert await table_rows(pg_dsn, target) == expected(60_000)
-        assert await _our_connections(pg_dsn) == 0
+        assert await our_connections(pg_dsn) == 0
 
     asyncio.run(scenario())
 
@@ -97,7 +88,7 @@ def test_failed_load_leaves_no_connection_open(pg_dsn: str, schema: str) -> None
     async def scenario() -> None:
         with pytest.raises(ValueError, match="source broke"):
             await load(pg_dsn, target, broken(), writers=3)
-        assert await _our_connections(pg_dsn) == 0
+        assert await our_connections(pg_dsn) == 0
 
     asyncio.run(scenario())
 
