@@ -74,5 +74,12 @@ async def connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
         try:
             yield conn
         except DRIVER_ERRORS:
-            conn.terminate()
+            _discard(conn)
             raise
+
+
+def _discard(conn: asyncpg.Connection) -> None:
+    """Terminate a connection after a driver error, unless the pool already let go of it."""
+    # InterfaceError: the pool already detached it (its backend died); nothing left to do.
+    with contextlib.suppress(pgbase.InterfaceError):
+        conn.terminate()

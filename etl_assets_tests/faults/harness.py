@@ -147,7 +147,9 @@ def record(
     seed: int,
 ) -> None:
     outcome = (
-        "succeeded, check passed" if error is None else f"failed loudly: {type(error).__name__}"
+        "succeeded, check passed"
+        if error is None
+        else f"failed loudly: {type(error).__name__}: {str(error)[:90]}"
     )
     n = source if isinstance(source, int) else source.n
     OUTCOMES.append(
