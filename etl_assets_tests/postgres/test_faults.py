@@ -146,3 +146,23 @@ def test_dead_letter_table_has_one_row_per_rejected_record_after_commit_loss(
         assert count[0][0] == 1
 
     asyncio.run(scenario())
+
+
+def test_discarding_a_connection_the_pool_already_let_go_does_not_hide_the_error(
+    pg_dsn: str,
+) -> None:
+    """Regression (soak run): ``terminate()`` on a proxy the pool had detached raised
+    InterfaceError and replaced the real error. Discarding it now is a no-op."""
+    from asyncpg.exceptions import _base as pgbase
+
+    from etl_assets.postgres.retry import _discard
+
+    async def scenario() -> None:
+        async with PostgresResource(dsn=pg_dsn).pool() as pool:
+            proxy = await pool.acquire()
+            await pool.release(proxy)
+            with pytest.raises(pgbase.InterfaceError, match="released back to the pool"):
+                proxy.terminate()
+            _discard(proxy)
+
+    asyncio.run(scenario())
