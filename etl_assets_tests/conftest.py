@@ -12,6 +12,7 @@ import pytest
 import stamina
 
 from etl_assets.postgres.embedded import EmbeddedPostgres
+from etl_assets.postgres.sql import quote_ident
 from etl_assets_tests.postgres.helpers import execute
 
 
@@ -42,9 +43,7 @@ def schema(pg_dsn: str) -> Iterator[str]:
     """A fresh schema (with a quote and a space in its name) dropped after the test."""
     name = f'etl test "{uuid.uuid4().hex[:8]}"'
     yield name
-    asyncio.run(
-        execute(pg_dsn, f'DROP SCHEMA IF EXISTS "{name.replace(chr(34), chr(34) * 2)}" CASCADE')
-    )
+    asyncio.run(execute(pg_dsn, f"DROP SCHEMA IF EXISTS {quote_ident(name)} CASCADE"))
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

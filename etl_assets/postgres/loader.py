@@ -30,7 +30,7 @@ from etl_assets.postgres.publish import StagedPublisher, TargetKind, audit, insp
 from etl_assets.postgres.retry import DRIVER_ERRORS, RetryPolicy, classified, connection, retrying
 from etl_assets.postgres.target import TableTarget, WriteMode
 from etl_assets.postgres.writer import BatchResult, BatchWriter, Log, PreparedBatch, batch_digest
-from etl_assets.records import DeadLetter, RecordShaper, payload_json
+from etl_assets.records import DeadLetter, RecordShaper, payload_json, sorted_letters
 
 __all__ = [
     "LoadReport",
@@ -162,14 +162,13 @@ async def _load_partition(
     started = time.perf_counter()
 
     kind = await _prepare(pool, ledger, target, publisher, key, settings.retry)
-    destination = publisher.staging
     writer = BatchWriter(
         pool,
         target,
         ledger,
         partition_key=key[1],
         load_id=load_id,
-        destination=destination,
+        destination=publisher.staging,
         retry=settings.retry,
         max_dead_letters_per_batch=_poison_limit(settings),
         log=log,
@@ -316,7 +315,7 @@ def _prepare_batch(
     rows, record_nos, rejected = shaped.rows, shaped.record_nos, shaped.rejected
     if target.mode is WriteMode.UPSERT:
         rows, record_nos, duplicates = _first_per_key(rows, record_nos, target, shaper)
-        rejected = sorted([*rejected, *duplicates], key=lambda d: d.record_no)
+        rejected = sorted_letters([*rejected, *duplicates])
     return PreparedBatch(
         batch_no=batch_no,
         enqueued=len(chunk),

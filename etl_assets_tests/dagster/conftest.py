@@ -53,7 +53,3 @@ def instance() -> Iterator[dg.DagsterInstance]:
 
 def logs_config(landing: Path) -> dg.RunConfig:
     return dg.RunConfig(ops={"raw_logs": RawLogsConfig(landing_dir=str(landing))})
-
-
-def run_config_dict(landing: Path) -> dict[str, Any]:
-    return {"ops": {"raw_logs": {"config": {"landing_dir": str(landing)}}}}

@@ -15,10 +15,8 @@ import asyncpg
 import pytest
 
 from etl_assets.assets.sample_events import SAMPLE_EVENTS
-from etl_assets.postgres.ledger import LedgerTables
-from etl_assets.postgres.verify import audit_partition
 from etl_assets_tests.faults.harness import our_connections, record
-from etl_assets_tests.postgres.helpers import fetch
+from etl_assets_tests.postgres.helpers import fetch, partition_audit
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
 
@@ -80,21 +78,11 @@ def test_sigkill_mid_materialization_then_rerun(db_dsn: str, tmp_path: Path) -> 
         fetch(db_dsn, "SELECT status, count(*) FROM etl.partition_loads GROUP BY 1 ORDER BY 1")
     )
     assert [tuple(r) for r in loads] == [("loading", 1), ("published", 1)]  # the killed one
-    assert asyncio.run(_audit(db_dsn)) == ()
+    day = dt.date.fromisoformat(DAY)
+    assert asyncio.run(partition_audit(db_dsn, SAMPLE_EVENTS.target(), day)).problems == ()
     assert asyncio.run(our_connections(db_dsn)) == 0
     record(
         "SIGKILL of `dagster asset materialize` mid-load, then a rerun",
         f"1 SIGKILL after {at_kill} committed batches",
         RECORDS, (0, 0, 0), None, killed_at, 0,
     )  # fmt: skip
-
-
-async def _audit(dsn: str) -> tuple[str, ...]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        verdict = await audit_partition(
-            conn, LedgerTables(), SAMPLE_EVENTS.target(), dt.date.fromisoformat(DAY)
-        )
-    finally:
-        await conn.close()
-    return verdict.problems

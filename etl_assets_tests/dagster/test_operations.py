@@ -7,21 +7,17 @@ import datetime as dt
 import json
 from typing import Any
 
-import asyncpg
 import dagster as dg
 import pytest
 
 from etl_assets import definitions
 from etl_assets.assets.logs import LOGS, daily_metrics, raw_logs
 from etl_assets.jobs import build_replay_job
-from etl_assets.postgres.ledger import LedgerTables
-from etl_assets.postgres.resource import PostgresResource
-from etl_assets.postgres.verify import PartitionAudit, audit_partition
 from etl_assets.sensors import dead_letter_sensor, failure_alert
 from etl_assets_tests.dagster.conftest import DAYS, LINES_PER_DAY
 from etl_assets_tests.dagster.test_failures import run_with_database_down
 from etl_assets_tests.dagster.test_pipeline import Landing, materialize
-from etl_assets_tests.postgres.helpers import execute, fetch
+from etl_assets_tests.postgres.helpers import execute, fetch, partition_audit
 
 FIX_SEVERITY = """UPDATE etl.dead_letters SET payload = jsonb_set(payload, '{severity}', '"ERROR"')
                   WHERE payload->>'severity' = 'FATAL'"""
@@ -45,14 +41,6 @@ def observed(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
     [event] = [e for e in result.all_events if e.event_type_value == "ASSET_OBSERVATION"]
     observation = event.event_specific_data.asset_observation  # type: ignore[union-attr]
     return {k: v.value for k, v in observation.metadata.items()}
-
-
-def audit(db_dsn: str, day: dt.date) -> PartitionAudit:
-    async def run(pool: asyncpg.Pool) -> PartitionAudit:
-        async with pool.acquire() as conn:
-            return await audit_partition(conn, LedgerTables(), LOGS.target(), day)
-
-    return PostgresResource(dsn=db_dsn).run(run)
 
 
 def test_replay_after_a_fix_writes_once_and_keeps_the_partition_accounted(
@@ -103,7 +91,7 @@ def test_replay_after_a_fix_writes_once_and_keeps_the_partition_accounted(
         (True, False, False, 2),
         (True, True, True, 2),
     ]
-    verdict = audit(db_dsn, day)
+    verdict = asyncio.run(partition_audit(db_dsn, LOGS.target(), day))
     assert verdict.problems == ()
     assert (verdict.written, verdict.replayed_in, verdict.in_table) == (valid, 1, valid + 1)
 

@@ -21,8 +21,7 @@ from typing import Any
 from etl_assets.postgres.ledger import LedgerTables
 from etl_assets.postgres.resource import APPLICATION_NAME
 from etl_assets.postgres.target import TableTarget
-from etl_assets.postgres.verify import audit_partition
-from etl_assets_tests.postgres.helpers import DAY, fetch
+from etl_assets_tests.postgres.helpers import DAY, fetch, partition_audit
 
 SOAK = os.environ.get("ETL_ASSETS_SOAK") == "1"
 REPORT_ENV = "ETL_ASSETS_RELIABILITY_REPORT"
@@ -122,19 +121,9 @@ async def verdict(
     lost = set(range(source.n)) - dead - set(ids)
     assert not lost, f"{len(lost)} records lost, e.g. {sorted(lost)[:5]}"
     assert set(ids) == set(range(source.n)) - dead
-    async_conn_audit = await _audit(dsn, target)
-    assert async_conn_audit == (), async_conn_audit
+    problems = (await partition_audit(dsn, target, ledger_schema=target.schema)).problems
+    assert problems == (), problems
     return len(lost), duplicated, len(dead)
-
-
-async def _audit(dsn: str, target: TableTarget) -> tuple[str, ...]:
-    import asyncpg
-
-    conn = await asyncpg.connect(dsn)
-    try:
-        return (await audit_partition(conn, LedgerTables(target.schema), target, DAY)).problems
-    finally:
-        await conn.close()
 
 
 def record(

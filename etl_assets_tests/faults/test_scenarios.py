@@ -20,6 +20,7 @@ import stamina
 
 from etl_assets.errors import EtlError
 from etl_assets.postgres.embedded import EmbeddedPostgres
+from etl_assets.postgres.ledger import LedgerTables
 from etl_assets.postgres.loader import LoadReport, LoadSettings, load_partition
 from etl_assets.postgres.resource import APPLICATION_NAME, PostgresResource
 from etl_assets.postgres.retry import RetryPolicy
@@ -319,7 +320,7 @@ def test_two_loads_of_one_partition_at_once(pg_dsn: str, schema: str, mode: Writ
 
 
 async def _wait_for_batches(dsn: str, target: TableTarget, n: int) -> None:
-    ledger = f'"{target.schema.replace(chr(34), chr(34) * 2)}".load_ledger'
+    ledger = LedgerTables(target.schema).ledger
     for _ in range(600):
         with contextlib.suppress(Exception):  # the ledger may not exist yet
             rows = await fetch(dsn, f"SELECT count(*) FROM {ledger}")
@@ -341,7 +342,7 @@ async def _terminate_ours(dsn: str, *, one: bool = False) -> int:
 
 
 async def _finished_last(dsn: str, target: TableTarget, load_id: str) -> bool:
-    loads = f'"{target.schema.replace(chr(34), chr(34) * 2)}".partition_loads'
+    loads = LedgerTables(target.schema).loads
     rows = await fetch(dsn, f"SELECT load_id FROM {loads} ORDER BY finished_at DESC LIMIT 1")
     return bool(rows and rows[0][0] == load_id)
 

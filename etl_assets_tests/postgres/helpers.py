@@ -9,10 +9,12 @@ from typing import Any
 import asyncpg
 import pydantic
 
+from etl_assets.postgres.ledger import LedgerTables
 from etl_assets.postgres.loader import LoadReport, LoadSettings, load_partition
 from etl_assets.postgres.resource import PostgresResource
 from etl_assets.postgres.sql import qualified
 from etl_assets.postgres.target import Column, TableTarget, WriteMode
+from etl_assets.postgres.verify import PartitionAudit, audit_partition
 
 DAY = dt.date(2024, 3, 1)
 
@@ -87,6 +89,17 @@ async def execute(dsn: str, sql: str) -> None:
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def partition_audit(
+    dsn: str, target: TableTarget, day: dt.date = DAY, ledger_schema: str = "etl"
+) -> PartitionAudit:
+    """The blocking check's verdict on one partition (database truth)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await audit_partition(conn, LedgerTables(ledger_schema), target, day)
     finally:
         await conn.close()
 
