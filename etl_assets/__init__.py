@@ -13,6 +13,7 @@ from etl_assets.errors import (
 )
 from etl_assets.io_manager import PartitionRecords, ResilientPostgresIOManager, data_date
 from etl_assets.postgres.loader import LoadReport, LoadSettings, load_partition, resolve_load_id
+from etl_assets.postgres.reader import PartitionStream
 from etl_assets.postgres.replay import ReplayReport, replay_dead_letters
 from etl_assets.postgres.resource import ConnectionFailedError, PostgresResource
 from etl_assets.postgres.retry import RetryPolicy
@@ -24,6 +25,7 @@ __all__ = [
     "PostgresTable",
     "ResilientPostgresIOManager",
     "PartitionRecords",
+    "PartitionStream",
     "partition_checks",
     "data_date",
     # loading

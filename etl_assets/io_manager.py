@@ -21,17 +21,18 @@ import dagster as dg
 from pydantic import Field
 
 from etl_assets.errors import ConfigurationError
+from etl_assets.frames import InputShape, classify_output, convert_table, input_shape
 from etl_assets.postgres.loader import LoadReport, LoadSettings, load_partition, resolve_load_id
+from etl_assets.postgres.reader import PartitionStream, read_arrow, read_dicts
 from etl_assets.postgres.resource import PostgresResource
 from etl_assets.postgres.retry import RetryPolicy
-from etl_assets.postgres.sql import column_list, quote_ident
-from etl_assets.postgres.target import TableTarget
 from etl_assets.postgres.writer import Log
 from etl_assets.spec import PostgresTable
 
 __all__ = [
     "IO_MANAGER_KEY",
     "PartitionRecords",
+    "PartitionStream",
     "ResilientPostgresIOManager",
     "data_date",
     "load_report_metadata",
@@ -108,8 +109,13 @@ class ResilientPostgresIOManager(dg.ConfigurableIOManager):
         reports = self.postgres.run(load_all)
         context.add_output_metadata(load_report_metadata(reports))
 
-    def load_input(self, context: dg.InputContext) -> list[dict[str, Any]]:
-        """The upstream rows of the input's partitions (all rows if it has none)."""
+    def load_input(self, context: dg.InputContext) -> Any:
+        """The upstream rows of the input's partitions (all rows if it has none).
+
+        What the input is annotated with decides the shape: ``pd.DataFrame``,
+        ``pl.DataFrame``, ``pa.Table``, :class:`PartitionStream` (Arrow batches in flat
+        memory), or anything else: a list of dicts.
+        """
         upstream = context.upstream_output
         if upstream is None or not upstream.has_asset_key:
             raise ConfigurationError("ResilientPostgresIOManager loads asset inputs only")
@@ -121,11 +127,13 @@ class ResilientPostgresIOManager(dg.ConfigurableIOManager):
             else None
         )
         target = spec.target()
-
-        async def read(pool: asyncpg.Pool) -> list[dict[str, Any]]:
-            return await read_partitions(pool, target, days, owner)
-
-        return self.postgres.run(read)
+        wanted = input_shape(context.dagster_type.typing_type)
+        if wanted is InputShape.STREAM:
+            return PartitionStream(self.postgres.resolved_dsn(), target, days, owner)
+        if wanted is InputShape.DICTS:
+            return self.postgres.run(lambda pool: read_dicts(pool, target, days, owner))
+        table = self.postgres.run(lambda pool: read_arrow(pool, target, days, owner))
+        return convert_table(table, wanted)
 
 
 async def _load_one(
@@ -142,25 +150,6 @@ async def _load_one(
     return await load_partition(
         pool, target, day, records, load_id=load_id, model=spec.model, settings=settings, log=log
     )
-
-
-async def read_partitions(
-    pool: asyncpg.Pool, target: TableTarget, days: Sequence[dt.date] | None, owner: str
-) -> list[dict[str, Any]]:
-    """Rows of ``days`` (or of the whole table), ordered by data date."""
-    sql = f"SELECT {column_list(target.row_columns)} FROM {target.sql_name}"
-    args: list[Any] = []
-    if days is not None:
-        sql += f" WHERE {quote_ident(target.partition_column)} = ANY($1::date[])"
-        args.append(list(days))
-    sql += f" ORDER BY {quote_ident(target.partition_column)}"
-    try:
-        async with pool.acquire() as conn:
-            return [dict(row) for row in await conn.fetch(sql, *args)]
-    except asyncpg.UndefinedTableError:
-        raise ConfigurationError(
-            f"table {target.name} does not exist yet: materialize asset {owner} first"
-        ) from None
 
 
 def data_date(partition_key: str) -> dt.date:
@@ -197,17 +186,9 @@ def _partitions(context: dg.OutputContext, obj: Any, owner: str) -> list[tuple[s
             f"asset {owner} ran for {len(keys)} partitions in one run (single-run backfill); "
             "return a dict {partition_key: records} so each partition is loaded on its own"
         )
-    for key, records in parts:
-        if (
-            records is None
-            or isinstance(records, str | bytes | Mapping)
-            or not isinstance(records, Iterable)
-        ):
-            raise ConfigurationError(
-                f"asset {owner} partition {key}: expected a list or an iterator of records "
-                f"(pydantic models or dicts), got {type(records).__name__}"
-            )
-    return parts
+    return [
+        (key, classify_output(records, f"asset {owner} partition {key}")) for key, records in parts
+    ]
 
 
 def _run_ids(context: dg.OutputContext) -> tuple[str, str]:

@@ -9,12 +9,14 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import json
+import math
 import operator
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pydantic
+import pydantic_core
 
 from etl_assets import collector
 
@@ -39,7 +41,7 @@ class DeadLetter:
 class ShapedChunk:
     """Rows ready for COPY, each with its record number, and the records rejected."""
 
-    rows: list[Row]
+    rows: Sequence[Row]  # a list of tuples, or ArrowRows for a columnar batch
     record_nos: list[int]
     rejected: list[DeadLetter]
 
@@ -47,22 +49,27 @@ class ShapedChunk:
 def payload_json(value: Any) -> str:
     """JSON for the dead-letter payload; never raises (a record we cannot encode is still kept).
 
-    jsonb rejects ``\\u0000``, and a NUL byte is a classic poison value, so NULs are shown
-    as U+2400 (SYMBOL FOR NULL) instead of making the dead letter itself fail.
+    ``jsonb`` refuses three things Python values carry all the time, and a dead letter
+    must never fail to be stored (the bad record would take its partition down):
+    NaN and infinities (pandas' missing value) become the strings ``"NaN"``,
+    ``"Infinity"``, ``"-Infinity"``; NUL becomes U+2400 (SYMBOL FOR NULL); text that is
+    not valid Unicode (lone surrogates, e.g. from ``surrogateescape``) keeps its bad
+    code points as ``\\udcxx`` escapes. Anything else JSON cannot express is kept as
+    its ``str``, and a value that cannot even be walked as ``{"repr": ...}``.
     """
     if isinstance(value, pydantic.BaseModel):
-        text = value.model_dump_json()
-    else:
         try:
-            text = json.dumps(value, default=str, ensure_ascii=False)
-        except (TypeError, ValueError):  # circular or exotic: keep its repr rather than lose it
-            text = json.dumps({"repr": repr(value)}, ensure_ascii=False)
-    if "\\u0000" in text:
-        text = json.dumps(_without_nul(json.loads(text)), ensure_ascii=False)
-    return text
+            value = value.model_dump(mode="json")
+        except pydantic_core.PydanticSerializationError:  # e.g. bytes that are not UTF-8
+            value = value.model_dump(mode="python")
+    try:
+        return json.dumps(_storable(value), default=_fallback, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError):  # circular or exotic: keep its repr
+        return json.dumps({"repr": _storable(_safe_repr(value))}, ensure_ascii=False)
 
 
 NUL_SYMBOL = "\u2400"
+_NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
 
 
 def no_nul(text: str) -> str:
@@ -70,14 +77,44 @@ def no_nul(text: str) -> str:
     return text.replace("\x00", NUL_SYMBOL)
 
 
-def _without_nul(value: Any) -> Any:
+def _storable(value: Any) -> Any:
+    """``value`` with every float, string and key made acceptable to ``jsonb``."""
     if isinstance(value, str):
-        return no_nul(value)
-    if isinstance(value, list):
-        return [_without_nul(v) for v in value]
+        return _valid_text(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else _NON_FINITE[value]
+    if isinstance(value, list | tuple):
+        return [_storable(v) for v in value]
     if isinstance(value, dict):
-        return {no_nul(k): _without_nul(v) for k, v in value.items()}
+        return {_valid_text(str(k)): _storable(v) for k, v in value.items()}
     return value
+
+
+def _valid_text(text: str) -> str:
+    text = no_nul(text)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def _fallback(value: Any) -> Any:
+    """For ``json.dumps``: what it cannot encode is kept as text (bytes, Decimal, dates...)."""
+    if isinstance(value, set | frozenset):
+        return _storable(sorted(value, key=repr))
+    return _storable(_safe_text(value, str))
+
+
+def _safe_repr(value: Any) -> str:
+    return _safe_text(value, repr)
+
+
+def _safe_text(value: Any, render: Callable[[Any], str]) -> str:
+    try:
+        return render(value)
+    except Exception as exc:  # noqa: BLE001  a user's __str__ may raise anything; keep a label
+        return f"<unrepresentable {type(value).__name__}: {type(exc).__name__}>"
 
 
 class RecordShaper:
@@ -172,14 +209,7 @@ class RecordShaper:
                 )
                 continue
             if record_day != day:
-                rejected.append(
-                    DeadLetter(
-                        record_no,
-                        payload_json(record),
-                        "WrongPartition",
-                        f"{column}={record_day!s} does not belong to partition {day.isoformat()}",
-                    )
-                )
+                rejected.append(self.wrong_partition(record_no, record, record_day))
                 continue
             rows.append((*values, day))
             kept.append(record_no)
@@ -195,18 +225,42 @@ class RecordShaper:
         except pydantic.ValidationError as exc:
             bad = _errors_by_index(exc)
         rejected = [
-            DeadLetter(
-                record_nos[i],
-                payload_json(records[i]),
-                "ValidationError",
-                "; ".join(_describe(e) for e in errors),
-                detail=json.dumps(errors, default=str),
-            )
-            for i, errors in sorted(bad.items())
+            _invalid(record_nos[i], records[i], errors) for i, errors in sorted(bad.items())
         ]
         good = [i for i in range(len(records)) if i not in bad]
         models = self._adapter.validate_python([records[i] for i in good])
         return models, [record_nos[i] for i in good], rejected
+
+    def wrong_partition(self, record_no: int, record: Any, record_day: Any) -> DeadLetter:
+        """A record whose own partition column names another day (or none)."""
+        return DeadLetter(
+            record_no,
+            payload_json(record),
+            "WrongPartition",
+            f"{self.partition_column}={record_day!s} does not belong to partition "
+            f"{self.day.isoformat()}",
+        )
+
+    @staticmethod
+    def letter_from_validation(
+        record_no: int, record: Any, exc: pydantic.ValidationError
+    ) -> DeadLetter:
+        """The dead letter of one record that pydantic rejected on its own."""
+        errors = [
+            {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
+            for e in exc.errors(include_url=False, include_context=False, include_input=False)
+        ]
+        return _invalid(record_no, record, errors)
+
+
+def _invalid(record_no: int, record: Any, errors: list[dict[str, Any]]) -> DeadLetter:
+    return DeadLetter(
+        record_no,
+        payload_json(record),
+        "ValidationError",
+        "; ".join(_describe(e) for e in errors),
+        detail=json.dumps(errors, default=str),
+    )
 
 
 def sorted_letters(letters: Iterable[DeadLetter]) -> list[DeadLetter]:

@@ -16,21 +16,30 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 import pydantic
 
-from etl_assets import collector
+from etl_assets import collector, frames
+from etl_assets.arrow_shaper import ArrowShaper
+from etl_assets.breaker import DEFAULT_CONFIDENCE, reject_share_exceeded
 from etl_assets.errors import CircuitBreakerOpenError, ConfigurationError, FatalError
+from etl_assets.postgres.arrow_copy import ArrowRows, column_types
 from etl_assets.postgres.ledger import LedgerTables, PartitionTotals
 from etl_assets.postgres.publish import StagedPublisher, TargetKind, audit, inspect_target
 from etl_assets.postgres.retry import DRIVER_ERRORS, RetryPolicy, classified, connection, retrying
 from etl_assets.postgres.target import TableTarget, WriteMode
 from etl_assets.postgres.writer import BatchResult, BatchWriter, Log, PreparedBatch, batch_digest
-from etl_assets.records import DeadLetter, RecordShaper, payload_json, sorted_letters
+from etl_assets.records import (
+    DeadLetter,
+    RecordShaper,
+    ShapedChunk,
+    payload_json,
+    sorted_letters,
+)
 
 __all__ = [
     "LoadReport",
@@ -40,6 +49,15 @@ __all__ = [
     "mark_load_failed",
     "resolve_load_id",
 ]
+
+Row = tuple[Any, ...]
+
+
+class Shaper(Protocol):
+    """Validates one chunk (records or an Arrow batch) into rows and dead letters."""
+
+    def shape(self, first_record_no: int, chunk: Any) -> ShapedChunk: ...
+
 
 _DDL_LOCK = 0x65746C5F  # "etl_": serializes DDL of concurrent loads (CREATE IF NOT EXISTS races)
 _SAMPLE = 10
@@ -53,8 +71,9 @@ class LoadSettings:
     writers: int = 3
     queue_depth: int = 2
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    max_dead_letter_ratio: float = 0.05
-    min_sample: int = 1_000
+    max_dead_letter_ratio: float = 0.05  # bound on the true reject share: etl_assets.breaker
+    breaker_confidence: float = DEFAULT_CONFIDENCE
+    min_sample: int = 1_000  # floor of the per-batch budget of rows Postgres may reject
     ledger_schema: str = "etl"
 
     def __post_init__(self) -> None:
@@ -62,6 +81,8 @@ class LoadSettings:
             raise ConfigurationError("batch_size and writers must be >= 1, queue_depth >= 0")
         if not 0 <= self.max_dead_letter_ratio <= 1:
             raise ConfigurationError("max_dead_letter_ratio is a share between 0 and 1")
+        if not 0.5 <= self.breaker_confidence < 1:
+            raise ConfigurationError("breaker_confidence is a probability in [0.5, 1)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +182,7 @@ async def _load_partition(
     publisher = StagedPublisher(target, ledger, day, load_id)
     started = time.perf_counter()
 
-    kind = await _prepare(pool, ledger, target, publisher, key, settings.retry)
+    kind, types = await _prepare(pool, ledger, target, publisher, key, settings.retry)
     writer = BatchWriter(
         pool,
         target,
@@ -173,10 +194,10 @@ async def _load_partition(
         max_dead_letters_per_batch=_poison_limit(settings),
         log=log,
     )
-    shaper = RecordShaper(target.data_columns, target.partition_column, day, model)
+    chunks, shaper = _chunks_and_shaper(records, target, day, model, types, settings)
     progress = _Progress()
     try:
-        await _pipeline(records, shaper, writer, target, settings, progress, log, key, started)
+        await _pipeline(chunks, shaper, writer, target, settings, progress, log, key, started)
         publishing = time.perf_counter()
         totals = await _finish(pool, ledger, target, publisher, kind, key, progress, settings)
         publish_s = time.perf_counter() - publishing
@@ -220,6 +241,25 @@ async def _load_partition(
     )
 
 
+def _chunks_and_shaper(
+    records: Iterable[Any],
+    target: TableTarget,
+    day: dt.date,
+    model: type[pydantic.BaseModel] | None,
+    column_types: dict[str, str],
+    settings: LoadSettings,
+) -> tuple[Iterator[Sized], Shaper]:
+    """Bounded chunks of the source, and what validates them: columnar or record by record."""
+    if frames.is_columnar(records):
+        shaper: Shaper = ArrowShaper(
+            column_types, target.data_columns, target.partition_column, day, model
+        )
+        return frames.arrow_batches(records, settings.batch_size), shaper
+    iterator = iter(records)
+    chunks = iter(lambda: list(itertools.islice(iterator, settings.batch_size)), [])
+    return chunks, RecordShaper(target.data_columns, target.partition_column, day, model)
+
+
 async def _prepare(
     pool: asyncpg.Pool,
     ledger: LedgerTables,
@@ -227,8 +267,12 @@ async def _prepare(
     publisher: StagedPublisher,
     key: tuple[str, str, str],
     retry: RetryPolicy,
-) -> TargetKind:
-    """DDL (idempotent, serialized) and the load's ``loading`` row; safe to retry."""
+) -> tuple[TargetKind, dict[str, str]]:
+    """DDL (idempotent, serialized) and the load's ``loading`` row; safe to retry.
+
+    Also reads the staging table's column types: a columnar load casts to what the
+    table really holds, which may predate the model.
+    """
     async for attempt in retrying(retry):
         with attempt, classified():
             async with connection(pool) as conn, conn.transaction():
@@ -246,7 +290,8 @@ async def _prepare(
                 await conn.execute(
                     ledger.begin_load(), *key, target.mode.value, publisher.staging_table
                 )
-            return kind
+                types = await column_types(conn, *publisher.staging)
+            return kind, types
     raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
 
 
@@ -258,8 +303,8 @@ async def ensure_ledger(conn: asyncpg.Connection, ledger: LedgerTables) -> None:
 
 
 async def _pipeline(
-    records: Iterable[Any],
-    shaper: RecordShaper,
+    chunks: Iterator[Sized],
+    shaper: Shaper,
     writer: BatchWriter,
     target: TableTarget,
     settings: LoadSettings,
@@ -273,11 +318,7 @@ async def _pipeline(
     )
 
     async def produce() -> None:
-        iterator = iter(records)
-        for batch_no in itertools.count():
-            chunk = list(itertools.islice(iterator, settings.batch_size))
-            if not chunk:
-                break
+        for batch_no, chunk in enumerate(chunks):
             first = progress.enqueued
             progress.enqueued += len(chunk)
             progress.batches_cut += 1
@@ -309,12 +350,12 @@ async def _pipeline(
 
 
 def _prepare_batch(
-    batch_no: int, first: int, chunk: list[Any], shaper: RecordShaper, target: TableTarget
+    batch_no: int, first: int, chunk: Sized, shaper: Shaper, target: TableTarget
 ) -> PreparedBatch:
     shaped = shaper.shape(first, chunk)
     rows, record_nos, rejected = shaped.rows, shaped.record_nos, shaped.rejected
     if target.mode is WriteMode.UPSERT:
-        rows, record_nos, duplicates = _first_per_key(rows, record_nos, target, shaper)
+        rows, record_nos, duplicates = _first_per_key(rows, record_nos, target)
         rejected = sorted_letters([*rejected, *duplicates])
     return PreparedBatch(
         batch_no=batch_no,
@@ -327,8 +368,8 @@ def _prepare_batch(
 
 
 def _first_per_key(
-    rows: list[tuple[Any, ...]], record_nos: list[int], target: TableTarget, shaper: RecordShaper
-) -> tuple[list[tuple[Any, ...]], list[int], list[DeadLetter]]:
+    rows: Sequence[Row], record_nos: list[int], target: TableTarget
+) -> tuple[Sequence[Row], list[int], list[DeadLetter]]:
     """One row per primary key in a batch: the first occurrence is written.
 
     The same rule as across batches, where the staging table's key rejects the later
@@ -338,15 +379,19 @@ def _first_per_key(
     positions = [target.row_columns.index(k) for k in target.primary_key]
     first: dict[tuple[Any, ...], int] = {}
     superseded = []
-    for i, row in enumerate(rows):
-        key = tuple(row[p] for p in positions)
+    keys: Iterable[tuple[Any, ...]] = (
+        zip(*(rows.column_values(p) for p in positions), strict=True)
+        if isinstance(rows, ArrowRows)
+        else (tuple(row[p] for p in positions) for row in rows)
+    )
+    for i, key in enumerate(keys):
         if key not in first:
             first[key] = i
             continue
         superseded.append(
             DeadLetter(
                 record_nos[i],
-                payload_json(dict(zip(shaper.columns, row, strict=True))),
+                payload_json(dict(zip(target.row_columns, rows[i], strict=True))),
                 "DuplicateKey",
                 f"primary key {dict(zip(target.primary_key, key, strict=True))} was already "
                 f"written by record {record_nos[first[key]]} of this load",
@@ -355,7 +400,8 @@ def _first_per_key(
     if not superseded:
         return rows, record_nos, []
     kept = sorted(first.values())
-    return [rows[i] for i in kept], [record_nos[i] for i in kept], superseded
+    kept_rows = rows.take(kept) if isinstance(rows, ArrowRows) else [rows[i] for i in kept]
+    return kept_rows, [record_nos[i] for i in kept], superseded
 
 
 def _poison_limit(settings: LoadSettings) -> int | None:
@@ -365,19 +411,28 @@ def _poison_limit(settings: LoadSettings) -> int | None:
 
 
 def _check_breaker(progress: _Progress, settings: LoadSettings, key: tuple[str, str, str]) -> None:
-    """Trip when dead letters exceed their share after a minimum sample."""
+    """Trip when the dead letters so far rule out a reject share within the limit.
+
+    One rule for every size (``etl_assets.breaker``): 3 of 3 records trips, 1 of 3 does
+    not, and millions converge to the plain share.
+    """
     handled = progress.written + progress.dead_lettered
-    if handled < settings.min_sample or handled == 0:
+    dead, limit = progress.dead_lettered, settings.max_dead_letter_ratio
+    if not reject_share_exceeded(dead, handled, limit, settings.breaker_confidence):
         return
-    ratio = progress.dead_lettered / handled
-    if ratio > settings.max_dead_letter_ratio:
-        raise CircuitBreakerOpenError(
-            f"{key[0]} partition {key[1]}: circuit breaker open: {progress.dead_lettered} of "
-            f"{handled} records ({ratio:.1%}) were dead-lettered, above the "
-            f"{settings.max_dead_letter_ratio:.1%} limit. That is a systemic failure (source "
-            "format, schema or server), not a few bad records; the partition was not published. "
-            f"See {settings.ledger_schema}.dead_letters for the errors."
-        )
+    why = (
+        "every record was dead-lettered"
+        if dead == handled
+        else f"that many cannot come from a source rejecting at most {limit:.1%} "
+        f"({settings.breaker_confidence:.0%} confidence)"
+    )
+    raise CircuitBreakerOpenError(
+        f"{key[0]} partition {key[1]}: circuit breaker open: {dead} of {handled} records "
+        f"({dead / handled:.1%}) were dead-lettered, above the {limit:.1%} limit: {why}. "
+        "That is a systemic failure (source format, schema, server, or an object that is not "
+        "a stream of records), not a few bad records; the partition was not published. "
+        f"See {settings.ledger_schema}.dead_letters for the errors."
+    )
 
 
 async def _finish(

@@ -31,6 +31,7 @@ from etl_assets.errors import (
     RetryableError,
     classify,
 )
+from etl_assets.postgres.arrow_copy import ArrowRows, copy_arrow
 from etl_assets.postgres.ledger import LedgerTables, dead_letter_arrays
 from etl_assets.postgres.retry import DRIVER_ERRORS, RetryPolicy, connection, retrying
 from etl_assets.postgres.sql import quote_ident, upsert_statement
@@ -60,7 +61,7 @@ class PreparedBatch:
 
     batch_no: int
     enqueued: int
-    rows: list[Row]
+    rows: Sequence[Row]  # a list of tuples, or ArrowRows (a columnar batch)
     record_nos: list[int]
     rejected: list[DeadLetter]
     digest: str
@@ -244,7 +245,7 @@ class BatchWriter:
     async def _isolate(
         self,
         conn: asyncpg.Connection,
-        rows: list[Row],
+        rows: Sequence[Row],
         record_nos: list[int],
         budget: _PoisonBudget,
     ) -> tuple[int, list[DeadLetter]]:
@@ -278,7 +279,7 @@ class BatchWriter:
         return written, [*before[1], letter, *left[1], *right[1]]
 
     async def _attempt_rows(
-        self, conn: asyncpg.Connection, rows: list[Row]
+        self, conn: asyncpg.Connection, rows: Sequence[Row]
     ) -> tuple[RecordError, str, int | None] | None:
         """None if ``rows`` went in; else the record error, its class and the COPY line."""
         try:
@@ -294,7 +295,7 @@ class BatchWriter:
     async def _bisect(
         self,
         conn: asyncpg.Connection,
-        rows: list[Row],
+        rows: Sequence[Row],
         record_nos: list[int],
         budget: _PoisonBudget,
         failure: tuple[RecordError, str, int | None],
@@ -307,7 +308,10 @@ class BatchWriter:
         right = await self._isolate(conn, rows[mid:], record_nos[mid:], budget)
         return left[0] + right[0], left[1] + right[1]
 
-    async def _write_rows(self, conn: asyncpg.Connection, rows: list[Row]) -> int:
+    async def _write_rows(self, conn: asyncpg.Connection, rows: Sequence[Row]) -> int:
+        if isinstance(rows, ArrowRows) and not self._upsert:
+            await copy_arrow(conn, rows, *self._destination, self._columns)
+            return len(rows)
         if not self._upsert:
             schema, table = self._destination
             await conn.copy_records_to_table(

@@ -90,9 +90,9 @@ def test_a_generator_is_streamed_in_batches_and_upstream_reads_it_back(
     [
         (
             None,
-            "expected a list or an iterator of records (pydantic models or dicts), got NoneType",
+            "or a list or an iterator of records (pydantic models or dicts), got NoneType",
         ),
-        ("text", "expected a list or an iterator of records (pydantic models or dicts), got str"),
+        ("text", "or a list or an iterator of records (pydantic models or dicts), got str"),
         (
             {"2024-05-02": []},
             "returned records for partitions ['2024-05-02'], but the run covers ['2024-05-01']",
@@ -157,3 +157,79 @@ def test_spec_round_trips_through_asset_metadata() -> None:
     assert PostgresTable.from_metadata(spec.metadata(), "a") == spec
     with pytest.raises(ConfigurationError, match="cannot be imported"):
         PostgresTable.from_metadata({**spec.metadata(), "etl_assets/model": "no.such:Model"}, "a")
+
+
+def test_a_dataframe_output_lands_row_for_row_and_reads_back_in_every_shape(
+    db_dsn: str, resources: dict[str, Any]
+) -> None:
+    """1,000 pandas rows are 1,000 rows written (never 3 column names), read back 5 ways."""
+    import pandas as pd
+    import polars as pl
+    import pyarrow as pa
+
+    from etl_assets import PartitionStream
+
+    @dg.asset(
+        partitions_def=daily, io_manager_key="postgres_io_manager", metadata=READINGS.metadata()
+    )
+    def frame_readings() -> pd.DataFrame:
+        return pd.DataFrame({"sensor_id": range(1_000), "celsius": [i / 10 for i in range(1_000)]})
+
+    seen: dict[str, Any] = {}
+
+    @dg.asset(partitions_def=daily)
+    def as_pandas(frame_readings: pd.DataFrame) -> None:
+        seen["pandas"] = (len(frame_readings), str(frame_readings["sensor_id"].dtype))
+        seen["date"] = frame_readings["data_date"].iloc[0]
+
+    @dg.asset(partitions_def=daily)
+    def as_polars(frame_readings: pl.DataFrame) -> None:
+        seen["polars"] = (frame_readings.height, frame_readings["celsius"].sum())
+
+    @dg.asset(partitions_def=daily)
+    def as_arrow(frame_readings: pa.Table) -> None:
+        seen["arrow"] = (frame_readings.num_rows, str(frame_readings.schema.field("celsius").type))
+
+    @dg.asset(partitions_def=daily)
+    def as_stream(frame_readings: PartitionStream) -> None:
+        frame_readings.batch_size = 300
+        seen["stream"] = [batch.num_rows for batch in frame_readings]
+
+    @dg.asset(partitions_def=daily)
+    def as_dicts(frame_readings: list[dict[str, Any]]) -> None:
+        seen["dicts"] = frame_readings[999]
+
+    result = dg.materialize(
+        [frame_readings, as_pandas, as_polars, as_arrow, as_stream, as_dicts],
+        resources=resources,
+        partition_key=DAY,
+    )
+
+    assert result.success
+    [mat] = result.asset_materializations_for_node("frame_readings")
+    assert (mat.metadata["enqueued"].value, mat.metadata["written"].value) == (1_000, 1_000)
+    assert mat.metadata["dead_lettered"].value == 0
+    assert seen["pandas"] == (1_000, "int64")
+    assert str(seen["date"]) == DAY
+    assert seen["polars"] == (1_000, pytest.approx(sum(i / 10 for i in range(1_000))))
+    assert seen["arrow"] == (1_000, "double")
+    assert seen["stream"] == [300, 300, 300, 100]
+    assert seen["dicts"]["sensor_id"] == 999
+    rows = asyncio.run(fetch(db_dsn, "SELECT count(*), sum(sensor_id) FROM public.readings"))
+    assert tuple(rows[0]) == (1_000, sum(range(1_000)))
+
+
+def test_a_series_output_fails_the_run_naming_what_to_return(resources: dict[str, Any]) -> None:
+    """A pandas Series iterates as values: the step fails with what to return instead."""
+    import pandas as pd
+
+    @dg.asset(
+        partitions_def=daily, io_manager_key="postgres_io_manager", metadata=READINGS.metadata()
+    )
+    def series() -> Any:
+        return pd.Series([1, 2, 3])
+
+    result = run(series, resources, partition_key=DAY)
+
+    assert not result.success
+    assert "got a pandas.Series, which iterates as values, not records" in error_of(result)

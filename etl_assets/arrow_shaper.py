@@ -1,0 +1,250 @@
+"""Validation at the edge for columnar data: whole columns at a time, pydantic for the rejects.
+
+A batch is checked the way the record path's pydantic model would check each record,
+but vectorised (Arrow compute, no Python object per value):
+
+* each model column is cast to its target column's type with Arrow's *safe* cast, which
+  refuses what pydantic refuses: a fractional or NaN float for an int, an overflow, an
+  unparseable string; a column of the wrong kind altogether (text for a date, a number
+  for a string) is a schema mistake and fails the load with a message naming it;
+* nulls in columns whose model field does not allow None are rejected;
+* a partition column, if the frame carries one, must hold the partition's date.
+
+Only the rejected rows become Python objects: pydantic validates them to give the dead
+letter its structured errors (``ValidationError`` when pydantic agrees, ``ArrowCastError``
+with Arrow's reason when only the cast refused). A model whose fields carry constraints
+or validators (``Field(ge=0)``, ``@field_validator``, ``Literal``, enums, ``strict``) or a
+target column pgpq cannot encode (numeric, uuid, jsonb) cannot be checked by types
+alone: those batches go through the record path's pydantic validation unchanged
+(:class:`~etl_assets.records.RecordShaper`), slower but never less strict.
+
+pandas note: ``NaN`` in a float column is pandas' missing value; it arrives as null, so it
+is NULL in an optional column and a dead letter in a required one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pydantic
+
+from etl_assets import collector
+from etl_assets.errors import ConfigurationError
+from etl_assets.frames import require_pyarrow
+from etl_assets.postgres.arrow_copy import ArrowRows, arrow_type
+from etl_assets.records import DeadLetter, RecordShaper, ShapedChunk, payload_json, sorted_letters
+
+__all__ = ["ArrowShaper", "vectorisable"]
+
+_PLAIN = (int, float, str, bool, bytes, dt.date, dt.datetime, dt.time)
+
+
+def _plain_annotation(annotation: Any) -> tuple[type | None, bool]:
+    """(the plain Python type, None allowed) of a field, or (None, _) if it is not plain."""
+    nullable = False
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        nullable = len(args) != len(typing.get_args(annotation))
+        if len(args) != 1:
+            return None, nullable
+        annotation = args[0]
+    return (annotation if annotation in _PLAIN else None), nullable
+
+
+def vectorisable(model: type[pydantic.BaseModel]) -> bool:
+    """True if types and nullability are all the model checks (no constraint, no validator)."""
+    decorators = model.__pydantic_decorators__
+    if (
+        decorators.field_validators
+        or decorators.model_validators
+        or decorators.validators
+        or decorators.root_validators
+        or model.model_config.get("strict")
+    ):
+        return False
+    return all(
+        _plain_annotation(f.annotation)[0] is not None and not f.metadata
+        for f in model.model_fields.values()
+    )
+
+
+# Source Arrow type kinds a target kind accepts, mirroring pydantic's lax mode.
+def _accepts(pa: Any, target: Any, source: Any) -> bool:
+    t, s = pa.types, source
+    if t.is_null(s):
+        return True
+    if t.is_integer(target) or t.is_floating(target):
+        return bool(t.is_integer(s) or t.is_floating(s) or t.is_decimal(s) or _is_text(t, s))
+    if t.is_string(target):
+        return _is_text(t, s)
+    if t.is_boolean(target):
+        return bool(t.is_boolean(s))
+    if t.is_binary(target):
+        return bool(t.is_binary(s) or t.is_large_binary(s) or _is_text(t, s))
+    if t.is_date(target):
+        return bool(t.is_date(s) or _is_text(t, s))
+    if t.is_timestamp(target):
+        return bool(t.is_timestamp(s) or t.is_date(s) or _is_text(t, s))
+    if t.is_time(target):
+        return bool(t.is_time(s) or _is_text(t, s))
+    return False
+
+
+def _is_text(t: Any, s: Any) -> bool:
+    return bool(t.is_string(s) or t.is_large_string(s) or getattr(t, "is_string_view", bool)(s))
+
+
+class ArrowShaper:
+    """Arrow batch in, :class:`ArrowRows` (target types, partition column last) out."""
+
+    def __init__(
+        self,
+        column_types: Mapping[str, str],
+        data_columns: Sequence[str],
+        partition_column: str,
+        day: dt.date,
+        model: type[pydantic.BaseModel] | None,
+    ) -> None:
+        self._pa = require_pyarrow("a DataFrame output")
+        self._pc = __import__("pyarrow.compute", fromlist=["compute"])
+        self._columns = tuple(data_columns)
+        self._partition_column = partition_column
+        self._day = day
+        self._model = model
+        self._records = RecordShaper(data_columns, partition_column, day, model)
+        self._adapter = pydantic.TypeAdapter(model) if model is not None else None
+        types_ = {c: arrow_type(self._pa, column_types[c]) for c in self._columns}
+        self._types: dict[str, Any] = {c: t for c, t in types_.items() if t is not None}
+        self.vectorised = len(self._types) == len(self._columns) and (
+            model is None or vectorisable(model)
+        )
+        self._required = {
+            name
+            for name, f in (model.model_fields.items() if model is not None else ())
+            if name in self._types and not _plain_annotation(f.annotation)[1]
+        }
+        self._days: Any = self._pa.array([], self._pa.date32())
+
+    def shape(self, first_record_no: int, batch: Any) -> ShapedChunk:
+        """Validate and convert one batch, its rows numbered from ``first_record_no``."""
+        if not self.vectorised:  # constraints or types only pydantic can check
+            return self._records.shape(first_record_no, batch.to_pylist())
+        with collector.paused():
+            return self._shape(first_record_no, batch)
+
+    def _shape(self, first: int, batch: Any) -> ShapedChunk:
+        pa, pc = self._pa, self._pc
+        n = int(batch.num_rows)
+        self._check_columns(batch)
+        bad: dict[int, str] = {}
+        for name in self._columns:
+            if name in batch.schema.names:
+                for i in self._uncastable(batch.column(name), self._types[name]):
+                    bad.setdefault(i, f"{name}: {self._cast_error(batch.column(name), i, name)}")
+                if name in self._required:
+                    for i in self._indices(pc.is_null(batch.column(name))):
+                        bad.setdefault(i, f"{name}: null in a column that does not allow None")
+        wrong_day = self._wrong_partition(batch)
+        keep = (
+            [i for i in range(n) if i not in bad and i not in wrong_day]
+            if bad or wrong_day
+            else list(range(n))
+        )
+        letters = [self._letter(first, batch, i, bad[i]) for i in sorted(bad)]
+        letters += [self._wrong_day_letter(first, batch, i) for i in sorted(wrong_day - bad.keys())]
+        kept = batch if len(keep) == n else batch.take(pa.array(keep, pa.int64()))
+        arrays = [self._column(kept, name) for name in self._columns]
+        arrays.append(self._partition_days(len(keep)))
+        out = pa.RecordBatch.from_arrays(arrays, names=[*self._columns, self._partition_column])
+        return ShapedChunk(
+            ArrowRows(out),
+            [first + i for i in keep],
+            sorted_letters(letters),
+        )
+
+    def _check_columns(self, batch: Any) -> None:
+        names = set(batch.schema.names)
+        missing = [
+            c
+            for c in self._columns
+            if c not in names and (self._model is None or self._model.model_fields[c].is_required())
+        ]
+        if missing:
+            raise ConfigurationError(
+                f"the DataFrame has no column {', '.join(map(repr, missing))}, which the model "
+                f"requires (it has {sorted(names)}); rename or add the column"
+            )
+        for name in self._columns:
+            if name in names and not _accepts(
+                self._pa, self._types[name], batch.schema.field(name).type
+            ):
+                raise ConfigurationError(
+                    f"column {name!r} of the DataFrame is {batch.schema.field(name).type}, which "
+                    f"cannot hold the model's type for it (target {self._types[name]}); convert "
+                    "the column (e.g. pandas astype / polars cast) before returning it"
+                )
+
+    def _column(self, batch: Any, name: str) -> Any:
+        if name not in batch.schema.names:  # optional field absent from the frame
+            assert self._model is not None
+            default = self._model.model_fields[name].get_default(call_default_factory=True)
+            return self._pa.array([default] * batch.num_rows, self._types[name])
+        return self._pc.cast(batch.column(name), self._types[name], safe=True)
+
+    def _uncastable(self, column: Any, target: Any) -> list[int]:
+        """Row indices the safe cast refuses: one cast when all pass, bisection otherwise."""
+        try:
+            self._pc.cast(column, target, safe=True)
+        except (self._pa.ArrowInvalid, self._pa.ArrowNotImplementedError):
+            if len(column) == 1:
+                return [0]
+            mid = len(column) // 2
+            left = self._uncastable(column.slice(0, mid), target)
+            return left + [mid + i for i in self._uncastable(column.slice(mid), target)]
+        return []
+
+    def _cast_error(self, column: Any, i: int, name: str) -> str:
+        try:
+            self._pc.cast(column.slice(i, 1), self._types[name], safe=True)
+        except (self._pa.ArrowInvalid, self._pa.ArrowNotImplementedError) as exc:
+            return str(exc).splitlines()[0]
+        return "rejected"  # pragma: no cover  (only called for rows the cast refused)
+
+    def _wrong_partition(self, batch: Any) -> set[int]:
+        name = self._partition_column
+        if name not in batch.schema.names:
+            return set()
+        try:
+            days = self._pc.cast(batch.column(name), self._pa.date32(), safe=True)
+        except (self._pa.ArrowInvalid, self._pa.ArrowNotImplementedError) as exc:
+            raise ConfigurationError(
+                f"the DataFrame's partition column {name!r} is not a date column ({exc})"
+            ) from None
+        same = self._pc.equal(days, self._pa.scalar(self._day, self._pa.date32()))
+        return set(self._indices(self._pc.invert(self._pc.fill_null(same, False))))
+
+    def _indices(self, mask: Any) -> list[int]:
+        """Positions where a boolean array is true (nulls count as false)."""
+        return list(self._pc.indices_nonzero(self._pc.fill_null(mask, False)).to_pylist())
+
+    def _partition_days(self, n: int) -> Any:
+        if len(self._days) < n:
+            self._days = self._pa.array([self._day] * n, self._pa.date32())
+        return self._days.slice(0, n)
+
+    def _letter(self, first: int, batch: Any, i: int, reason: str) -> DeadLetter:
+        record = batch.slice(i, 1).to_pylist()[0]
+        if self._adapter is not None:
+            try:
+                self._adapter.validate_python(record)
+            except pydantic.ValidationError as exc:
+                return self._records.letter_from_validation(first + i, record, exc)
+        return DeadLetter(first + i, payload_json(record), "ArrowCastError", reason)
+
+    def _wrong_day_letter(self, first: int, batch: Any, i: int) -> DeadLetter:
+        record = batch.slice(i, 1).to_pylist()[0]
+        return self._records.wrong_partition(first + i, record, record.get(self._partition_column))

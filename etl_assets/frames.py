@@ -1,0 +1,197 @@
+"""What an asset may hand over besides records: DataFrames and Arrow, as Arrow batches.
+
+A ``pandas.DataFrame`` iterated as records yields its column NAMES: a 1,000-row frame
+became 3 dead-lettered "records" and a successful run. So every output is classified
+before a row moves: a record stream (dicts, pydantic models), a columnar source
+(``pandas.DataFrame``, ``polars.DataFrame`` / ``LazyFrame``, ``pyarrow.Table`` /
+``RecordBatch``, or an iterator of them), or a refusal that names what to return.
+
+Columnar sources become ``pyarrow.RecordBatch`` es of at most ``batch_size`` rows, one
+chunk at a time (an iterator of frames is never collected whole), so memory is bounded
+by the batch as it is for records. pyarrow, pandas and polars are optional extras
+(``etl_assets[arrow]``, ``[pandas]``, ``[polars]``); detection never imports them.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import sys
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from etl_assets.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+__all__ = [
+    "InputShape",
+    "RecordSource",
+    "arrow_batches",
+    "classify_output",
+    "convert_table",
+    "input_shape",
+    "require_pyarrow",
+]
+
+_FRAMES = {
+    "pandas": ("DataFrame",),
+    "polars": ("DataFrame", "LazyFrame"),
+    "pyarrow": ("Table", "RecordBatch", "RecordBatchReader"),
+}
+# Column-like or array-like objects: iterating them yields values, never records.
+_NOT_RECORDS = {
+    "pandas": ("Series", "Index"),
+    "polars": ("Series",),
+    "pyarrow": ("Array", "ChunkedArray"),
+    "numpy": ("ndarray",),
+}
+
+RecordSource = Iterable[Any]
+"""Records or columnar chunks, as an asset returned them for one partition."""
+
+
+def _instance_of(obj: Any, kinds: Mapping[str, tuple[str, ...]]) -> str | None:
+    """``"pandas.DataFrame"`` if ``obj`` is one of ``kinds`` (only loaded modules are asked)."""
+    for module_name, names in kinds.items():
+        module = sys.modules.get(module_name)
+        if module is None:
+            continue
+        for name in names:
+            cls = getattr(module, name, None)
+            if isinstance(cls, type) and isinstance(obj, cls):
+                return f"{module_name}.{name}"
+    return None
+
+
+def is_frame(obj: Any) -> bool:
+    return _instance_of(obj, _FRAMES) is not None
+
+
+def classify_output(obj: Any, where: str) -> RecordSource:
+    """``obj`` as a source the loader can account for row by row, or a clear refusal.
+
+    A lazy iterator is peeked at (its first item put back) so that an iterator of
+    DataFrames is recognized before any of it is loaded.
+    """
+    if is_frame(obj):
+        return _FrameChunks(iter([obj]))
+    kind = _instance_of(obj, _NOT_RECORDS)
+    if kind is not None:
+        raise ConfigurationError(
+            f"{where}: got a {kind}, which iterates as values, not records; return a "
+            "DataFrame, an Arrow table, or a list/iterator of dicts or pydantic models"
+        )
+    if obj is None or isinstance(obj, str | bytes | Mapping) or not isinstance(obj, Iterable):
+        raise ConfigurationError(
+            f"{where}: expected a DataFrame, an Arrow table, or a list or an iterator of "
+            f"records (pydantic models or dicts), got {type(obj).__name__}"
+        )
+    iterator = iter(obj)
+    try:
+        first = next(iterator)
+    except StopIteration:
+        return []
+    if is_frame(first):
+        return _FrameChunks(itertools.chain([first], iterator))
+    return itertools.chain([first], iterator) if iterator is obj else obj
+
+
+class _FrameChunks:
+    """An iterator of DataFrames / Arrow chunks, marked as such for the loader."""
+
+    def __init__(self, chunks: Iterator[Any]) -> None:
+        self._chunks = chunks
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._chunks
+
+
+def is_columnar(source: RecordSource) -> bool:
+    return isinstance(source, _FrameChunks) or is_frame(source)
+
+
+def require_pyarrow(what: str) -> Any:
+    try:
+        import pyarrow
+    except ImportError:  # the optional extra is missing: say which one
+        raise ConfigurationError(
+            f"{what} needs pyarrow: pip install 'etl_assets[arrow]' (or [pandas], [polars])"
+        ) from None
+    return pyarrow
+
+
+def arrow_batches(source: RecordSource, batch_size: int) -> Iterator[pa.RecordBatch]:
+    """The columnar ``source`` as record batches of at most ``batch_size`` rows."""
+    pa = require_pyarrow("a DataFrame output")
+    chunks: Iterable[Any] = source if isinstance(source, _FrameChunks) else [source]
+    for chunk in chunks:
+        if not is_frame(chunk):
+            raise ConfigurationError(
+                f"an iterator of DataFrames yielded a {type(chunk).__name__}; every chunk "
+                "must be a DataFrame or an Arrow table/batch"
+            )
+        for batch in _batches_of(pa, chunk, batch_size):
+            if batch.num_rows:
+                yield batch
+
+
+def _batches_of(pa: Any, frame: Any, batch_size: int) -> Iterator[pa.RecordBatch]:
+    kind = _instance_of(frame, _FRAMES)
+    if kind == "pandas.DataFrame":
+        # preserve_index=False: the index is not a column of the model (reset_index() it
+        # into one if it is). NaN in float columns becomes null (pandas' missing value).
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+    elif kind == "polars.LazyFrame":
+        table = frame.collect().to_arrow()
+    elif kind == "polars.DataFrame":
+        table = frame.to_arrow()
+    elif kind == "pyarrow.RecordBatchReader":
+        for batch in frame:
+            yield from _split(batch, batch_size)
+        return
+    elif kind == "pyarrow.RecordBatch":
+        yield from _split(frame, batch_size)
+        return
+    else:
+        table = frame
+    yield from table.to_batches(max_chunksize=batch_size)
+
+
+def _split(batch: pa.RecordBatch, batch_size: int) -> Iterator[pa.RecordBatch]:
+    for offset in range(0, batch.num_rows, batch_size):
+        yield batch.slice(offset, batch_size)
+
+
+class InputShape(enum.Enum):
+    """What a downstream input asked for, by its annotation."""
+
+    DICTS = "dicts"
+    ARROW = "pyarrow.Table"
+    PANDAS = "pandas.DataFrame"
+    POLARS = "polars.DataFrame"
+    STREAM = "PartitionStream"
+
+
+def input_shape(annotation: Any) -> InputShape:
+    """The shape an input annotation names; anything unrecognised gets a list of dicts."""
+    name = getattr(annotation, "__name__", "")
+    module = getattr(annotation, "__module__", "").split(".")[0]
+    if name == "PartitionStream" and module == "etl_assets":
+        return InputShape.STREAM
+    for shape in (InputShape.ARROW, InputShape.PANDAS, InputShape.POLARS):
+        if f"{module}.{name}" == shape.value:
+            return shape
+    return InputShape.DICTS
+
+
+def convert_table(table: pa.Table, shape: InputShape) -> Any:
+    """An Arrow table as the DataFrame type the input asked for."""
+    if shape is InputShape.PANDAS:
+        return table.to_pandas()
+    if shape is InputShape.POLARS:
+        import polars
+
+        return polars.from_arrow(table)
+    return table
