@@ -213,6 +213,135 @@ async def dlt_postgres(dsn: str, n: int) -> dict[str, Any]:
     return {"seconds": time.perf_counter() - started}
 
 
+def arrow_events(n: int) -> Any:
+    """The same columns as ``records(n)`` built the columnar way (numpy), as an Arrow table.
+
+    A DataFrame user's data is already columnar: building it is not part of loading it,
+    so the frame paths build it before their clock starts. Amounts come from numpy's
+    generator (same distribution, other values).
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    ids = np.arange(n, dtype=np.int64)
+    step_us = 86_400_000_000 // max(n, 1)
+    start_us = int(dt.datetime.combine(DAY, dt.time(), tzinfo=dt.UTC).timestamp() * 1_000_000)
+    kinds = pa.DictionaryArray.from_arrays(pa.array(ids & 3, pa.int8()), pa.array(KINDS))
+    return pa.table({
+        "event_id": ids,
+        "kind": kinds.dictionary_decode(),
+        "amount": np.random.default_rng(n).random(n) * 100,
+        "created_at": pa.array(start_us + ids * step_us, pa.timestamp("us", tz="UTC")),
+    })  # fmt: skip
+
+
+async def _etl_frame(dsn: str, frame: Any) -> dict[str, Any]:
+    from etl_assets.frames import classify_output
+    from etl_assets.postgres.loader import LoadSettings, load_partition
+    from etl_assets.postgres.resource import PostgresResource
+    from etl_assets.postgres.target import TableTarget, columns_from_model
+
+    target = TableTarget(
+        schema=SCHEMA, table=TABLE, columns=columns_from_model(Event),
+        primary_key=("data_date", "event_id"),
+    )  # fmt: skip
+    async with PostgresResource(dsn=dsn).pool() as pool:
+        started = time.perf_counter()
+        report = await load_partition(
+            pool, target, DAY, classify_output(frame, "bench"), load_id="bench", model=Event,
+            settings=LoadSettings(), log=_Quiet(),
+        )  # fmt: skip
+        seconds = time.perf_counter() - started
+    return {"seconds": seconds, "publish_s": report.publish_s, "written": report.written}
+
+
+async def etl_arrow(dsn: str, n: int) -> dict[str, Any]:
+    """etl_assets handed a pyarrow.Table: vectorised validation, binary COPY, all guarantees."""
+    return await _etl_frame(dsn, arrow_events(n))
+
+
+async def etl_pandas(dsn: str, n: int) -> dict[str, Any]:
+    """etl_assets handed a pandas DataFrame (converted to Arrow inside the load)."""
+    return await _etl_frame(dsn, arrow_events(n).to_pandas())
+
+
+async def polars_write_database(dsn: str, n: int) -> dict[str, Any]:
+    """polars ``write_database`` through ADBC (its fastest engine: a binary COPY)."""
+    import polars as pl
+
+    await _execute(dsn, CREATE_PLAIN)
+    frame = pl.from_arrow(arrow_events(n)).with_columns(pl.lit(DAY).alias("data_date"))
+    started = time.perf_counter()
+    frame.write_database(
+        f"{SCHEMA}.{TABLE}", dsn, engine="adbc", if_table_exists="append"
+    )
+    return {"seconds": time.perf_counter() - started}
+
+
+async def _filled(dsn: str, n: int) -> None:
+    """A plain table of ``n`` rows for the read paths (raw COPY, not timed)."""
+    await raw_copy(dsn, n)
+
+
+def _events_target() -> Any:
+    from etl_assets.postgres.target import TableTarget, columns_from_model
+
+    return TableTarget(
+        schema=SCHEMA, table=TABLE, columns=columns_from_model(Event),
+        primary_key=("data_date", "event_id"),
+    )  # fmt: skip
+
+
+async def read_stream(dsn: str, n: int) -> dict[str, Any]:
+    """PartitionStream: the partition as Arrow batches of 100k rows, in flat memory."""
+    from etl_assets.postgres.reader import PartitionStream
+
+    await _filled(dsn, n)
+    started = time.perf_counter()
+    rows = sum(b.num_rows for b in PartitionStream(dsn, _events_target(), [DAY], "bench"))
+    if rows != n:
+        raise SystemExit(f"read_stream: {rows} rows read of {n}")
+    return {"seconds": time.perf_counter() - started}
+
+
+async def read_pandas(dsn: str, n: int) -> dict[str, Any]:
+    """The partition as one pandas DataFrame (COPY TO CSV, pyarrow's CSV reader)."""
+    from etl_assets.frames import InputShape, convert_table
+    from etl_assets.postgres.reader import read_arrow
+    from etl_assets.postgres.resource import PostgresResource
+
+    await _filled(dsn, n)
+    async with PostgresResource(dsn=dsn).pool() as pool:
+        started = time.perf_counter()
+        table = await read_arrow(pool, _events_target(), [DAY], "bench")
+        frame = convert_table(table, InputShape.PANDAS)
+        seconds = time.perf_counter() - started
+    if len(frame) != n:
+        raise SystemExit(f"read_pandas: {len(frame)} rows read of {n}")
+    return {"seconds": seconds}
+
+
+async def pandas_read_sql(dsn: str, n: int) -> dict[str, Any]:
+    """``pandas.read_sql`` of the same query through SQLAlchemy (psycopg2)."""
+    import pandas as pd
+    import sqlalchemy
+
+    await _filled(dsn, n)
+    engine = sqlalchemy.create_engine(dsn.replace("postgresql://", "postgresql+psycopg2://", 1))
+    try:
+        started = time.perf_counter()
+        frame = pd.read_sql(
+            sqlalchemy.text(f"SELECT * FROM {SCHEMA}.{TABLE} WHERE data_date = :day"),
+            engine, params={"day": DAY},
+        )  # fmt: skip
+        seconds = time.perf_counter() - started
+    finally:
+        engine.dispose()
+    if len(frame) != n:
+        raise SystemExit(f"pandas_read_sql: {len(frame)} rows read of {n}")
+    return {"seconds": seconds}
+
+
 PATHS: dict[str, Callable[[str, int], Any]] = {
     "source_only": source_only,
     "raw_copy": raw_copy,
@@ -222,12 +351,21 @@ PATHS: dict[str, Callable[[str, int], Any]] = {
     "executemany": executemany,
     "pandas_to_sql": pandas_to_sql,
     "dlt_postgres": dlt_postgres,
+    "etl_arrow": etl_arrow,
+    "etl_pandas": etl_pandas,
+    "polars_write_database": polars_write_database,
+    "read_stream": read_stream,
+    "read_pandas": read_pandas,
+    "pandas_read_sql": pandas_read_sql,
 }
 LARGEST_FOR = {  # alternatives that would take far too long at seed scale stop earlier
     "executemany": 1_000_000,
     "pandas_to_sql": 1_000_000,
     "dlt_postgres": 1_000_000,
     "etl_plain_table": 1_000_000,
+    "etl_pandas": 1_000_000,
+    "polars_write_database": 1_000_000,
+    "pandas_read_sql": 1_000_000,
 }
 
 

@@ -73,7 +73,14 @@ class ResilientPostgresIOManager(dg.ConfigurableIOManager):
     batch_size: int = Field(default=25_000, ge=1, description="Records per transaction.")
     writers: int = Field(default=3, ge=1, description="Concurrent batch writers per partition.")
     max_dead_letter_ratio: float = Field(
-        default=0.05, ge=0, le=1, description="Dead-letter share that trips the breaker."
+        default=0.05,
+        ge=0,
+        le=1,
+        description=(
+            "Bound on a source's true reject share: a load fails when its dead letters rule it "
+            "out at 99% confidence, or when every record was dead-lettered. "
+            "PostgresTable(max_dead_letter_ratio=...) overrides it per asset."
+        ),
     )
     retry_attempts: int = Field(default=6, ge=1, description="Attempts per transaction.")
     retry_budget_s: float = Field(
@@ -84,7 +91,11 @@ class ResilientPostgresIOManager(dg.ConfigurableIOManager):
         return LoadSettings(
             batch_size=spec.batch_size or self.batch_size,
             writers=self.writers,
-            max_dead_letter_ratio=self.max_dead_letter_ratio,
+            max_dead_letter_ratio=(
+                self.max_dead_letter_ratio
+                if spec.max_dead_letter_ratio is None
+                else spec.max_dead_letter_ratio
+            ),
             retry=RetryPolicy(attempts=self.retry_attempts, timeout_s=self.retry_budget_s),
             ledger_schema=self.postgres.ledger_schema,
         )

@@ -36,6 +36,8 @@ class PostgresTable:
         primary_key: required for ``upsert``; must include ``partition_column``.
         partition_column: the DATE column that holds the partition's data date.
         batch_size: records per transaction (None: the IO manager's default).
+        max_dead_letter_ratio: the reject share this source may have before its load
+            fails (the breaker, ``etl_assets.breaker``; None: the IO manager's default).
     """
 
     table: str
@@ -45,12 +47,19 @@ class PostgresTable:
     primary_key: tuple[str, ...] = ()
     partition_column: str = "data_date"
     batch_size: int | None = None
+    max_dead_letter_ratio: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", _write_mode(self.mode, self.table))
         object.__setattr__(self, "primary_key", tuple(self.primary_key))
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigurationError(f"table {self.table!r}: batch_size must be >= 1")
+        ratio = self.max_dead_letter_ratio
+        if ratio is not None and not 0 <= ratio <= 1:
+            raise ConfigurationError(
+                f"table {self.table!r}: max_dead_letter_ratio is a share between 0 and 1, "
+                f"e.g. 0.05 for 5% (got {ratio})"
+            )
         if "<locals>" in self.model.__qualname__:
             raise ConfigurationError(
                 f"table {self.table!r}: model {self.model.__qualname__} is defined inside a "
@@ -84,6 +93,8 @@ class PostgresTable:
         }
         if self.batch_size is not None:
             values["batch_size"] = self.batch_size
+        if self.max_dead_letter_ratio is not None:
+            values["max_dead_letter_ratio"] = self.max_dead_letter_ratio
         return {METADATA_PREFIX + k: v for k, v in values.items()}
 
     @classmethod
@@ -101,6 +112,7 @@ class PostgresTable:
             )
         key = str(values.get("primary_key") or "")
         batch_size = values.get("batch_size")
+        ratio = values.get("max_dead_letter_ratio")
         return cls(
             table=str(values["table"]),
             model=_import_model(str(values["model"]), owner),
@@ -109,6 +121,7 @@ class PostgresTable:
             primary_key=tuple(k for k in key.split(",") if k),
             partition_column=str(values.get("partition_column", "data_date")),
             batch_size=int(batch_size) if batch_size is not None else None,
+            max_dead_letter_ratio=float(ratio) if ratio is not None else None,
         )
 
 

@@ -44,6 +44,16 @@ def error_of(result: dg.ExecuteInProcessResult) -> str:
     return error.message
 
 
+def chain_of(result: dg.ExecuteInProcessResult) -> list[str]:
+    """Every message of the step failure's cause chain, outermost first."""
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    error, messages = failure.step_failure_data.error, []
+    while error is not None:
+        messages.append(error.message)
+        error = error.cause
+    return messages
+
+
 def run(
     asset: dg.AssetsDefinition, resources: dict[str, Any], **kw: Any
 ) -> dg.ExecuteInProcessResult:
@@ -152,7 +162,7 @@ def test_table_spec_mistakes_are_configuration_errors_at_definition_time() -> No
 def test_spec_round_trips_through_asset_metadata() -> None:
     spec = PostgresTable(
         table="daily", model=Reading, partition_column="day", primary_key=("day", "sensor_id"),
-        mode=WriteMode.UPSERT, batch_size=500,
+        mode=WriteMode.UPSERT, batch_size=500, max_dead_letter_ratio=0.2,
     )  # fmt: skip
     assert PostgresTable.from_metadata(spec.metadata(), "a") == spec
     with pytest.raises(ConfigurationError, match="cannot be imported"):
@@ -233,3 +243,28 @@ def test_a_series_output_fails_the_run_naming_what_to_return(resources: dict[str
 
     assert not result.success
     assert "got a pandas.Series, which iterates as values, not records" in error_of(result)
+
+
+@pytest.mark.parametrize(("ratio", "succeeds"), [(None, False), (0.5, True)])
+def test_the_reject_budget_is_a_setting_per_asset(
+    resources: dict[str, Any], ratio: float | None, succeeds: bool
+) -> None:
+    """4 of 10 records invalid: past the default 5% budget, within an asset's own 50%."""
+    spec = PostgresTable(
+        table="readings", model=Reading, primary_key=("data_date", "sensor_id"),
+        max_dead_letter_ratio=ratio,
+    )  # fmt: skip
+
+    @dg.asset(partitions_def=daily, io_manager_key="postgres_io_manager", metadata=spec.metadata())
+    def noisy(context: dg.AssetExecutionContext) -> PartitionRecords:
+        rows = [{"sensor_id": i, "celsius": "x" if i < 4 else i} for i in range(10)]
+        return {context.partition_key: rows}
+
+    result = run(noisy, resources, partition_key=DAY)
+
+    assert result.success is succeeds
+    if succeeds:
+        [mat] = result.asset_materializations_for_node("noisy")
+        assert (mat.metadata["written"].value, mat.metadata["dead_lettered"].value) == (6, 4)
+    else:
+        assert "circuit breaker open: 4 of 10 records (40.0%)" in "".join(chain_of(result))
