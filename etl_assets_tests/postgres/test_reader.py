@@ -1,0 +1,94 @@
+"""Reading partitions back: Arrow tables with the table's types, and streams in flat memory."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import decimal
+
+import pyarrow as pa
+import pytest
+
+from etl_assets.errors import ConfigurationError
+from etl_assets.postgres.reader import PartitionStream, read_arrow, select_partitions
+from etl_assets.postgres.resource import PostgresResource
+from etl_assets.postgres.target import Column, TableTarget
+from etl_assets_tests.faults.harness import our_connections
+from etl_assets_tests.postgres.helpers import DAY, events_target, execute, load, records
+
+
+def typed_target(schema: str) -> TableTarget:
+    return TableTarget(
+        schema=schema,
+        table="typed",
+        columns=(
+            Column("id", "bigint", nullable=False),
+            Column("note", "text"),
+            Column("ok", "boolean"),
+            Column("at", "timestamptz"),
+            Column("price", "numeric(10,2)"),
+        ),
+    )
+
+
+def test_select_partitions_quotes_names_and_binds_the_days() -> None:
+    """The days are a bound parameter; the names are quoted."""
+    sql, args = select_partitions(events_target("s"), [DAY])
+    assert sql == (
+        'SELECT "event_id", "user name", "amount", "data date" FROM "s"."ev ""log"" x" '
+        'WHERE "data date" = ANY($1::date[]) ORDER BY "data date"'
+    )
+    assert args == [[DAY]]
+
+
+def test_an_arrow_read_keeps_types_nulls_and_empty_strings_apart(pg_dsn: str, schema: str) -> None:
+    """NULL stays null and '' stays '', with the table's own column types."""
+    target = typed_target(schema)
+    at = dt.datetime(2024, 3, 1, 12, 30, tzinfo=dt.UTC)
+
+    async def scenario() -> pa.Table:
+        await execute(pg_dsn, f"CREATE SCHEMA IF NOT EXISTS {target.sql_name.split('.')[0]}")
+        await load(
+            pg_dsn,
+            target,
+            [
+                {"id": 1, "note": "", "ok": True, "at": at, "price": decimal.Decimal("1.50")},
+                {"id": 2, "note": None, "ok": None, "at": None, "price": None},
+                {"id": 3, "note": 'a,"b"\nc', "ok": False, "at": at, "price": decimal.Decimal("2")},
+            ],
+        )
+        async with PostgresResource(dsn=pg_dsn).pool() as pool:
+            return await read_arrow(pool, target, [DAY], "typed")
+
+    table = asyncio.run(scenario()).sort_by("id")
+    assert [str(t) for t in table.schema.types] == [
+        "int64", "string", "bool", "timestamp[us, tz=UTC]", "string", "date32[day]",
+    ]  # fmt: skip
+    assert table.to_pylist() == [
+        {"id": 1, "note": "", "ok": True, "at": at, "price": "1.50", "data_date": DAY},
+        {"id": 2, "note": None, "ok": None, "at": None, "price": None, "data_date": DAY},
+        {"id": 3, "note": 'a,"b"\nc', "ok": False, "at": at, "price": "2.00", "data_date": DAY},
+    ]
+
+
+def test_a_stream_yields_bounded_batches_and_closes_its_connection(
+    pg_dsn: str, schema: str
+) -> None:
+    """2,500 rows in batches of 1,000; leaving the loop early closes the connection too."""
+    target = events_target(schema)
+    asyncio.run(load(pg_dsn, target, records(2_500)))
+    stream = PartitionStream(pg_dsn, target, [DAY], "events", batch_size=1_000)
+
+    assert [b.num_rows for b in stream] == [1_000, 1_000, 500]
+    assert sum(sum(b.column("event_id").to_pylist()) for b in stream) == sum(range(2_500))
+    for _ in stream:
+        break
+    assert asyncio.run(our_connections(pg_dsn)) == 0
+
+
+def test_a_stream_of_a_table_not_yet_loaded_names_the_asset(pg_dsn: str, schema: str) -> None:
+    """Reading before the first materialization says which asset to materialize."""
+    stream = PartitionStream(pg_dsn, events_target(schema), [DAY], "events")
+    with pytest.raises(ConfigurationError, match="materialize asset events first"):
+        list(stream)
+    assert asyncio.run(our_connections(pg_dsn)) == 0
