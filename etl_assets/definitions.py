@@ -4,6 +4,7 @@
 annotations at decoration time.)
 """
 
+import importlib.util
 import os
 from typing import Any
 
@@ -24,6 +25,10 @@ __all__ = ["DSN_ENV", "daily", "defs", "postgres_resource", "resources"]
 
 DSN_ENV = "ETL_ASSETS_PG_DSN"
 LOADED_ASSETS = [raw_logs, daily_metrics, sample_events_table]
+if importlib.util.find_spec("pandas") is not None:  # the DataFrame example: etl_assets[pandas]
+    from etl_assets.assets.log_frames import module_hourly
+
+    LOADED_ASSETS.append(module_hourly)
 
 
 def postgres_resource() -> PostgresResource:
