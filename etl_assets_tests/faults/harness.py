@@ -72,6 +72,35 @@ class PoisonedSource:
                 yield {"event_id": i, "user name": f"u{i}", "amount": i * 0.5}
 
 
+class PoisonedFrames(PoisonedSource):
+    """The same keys as Arrow batches of 5,000 rows; the poison is what a DataFrame carries:
+    NUL in a string (22021), an amount below the table's CHECK (23514), a name too long
+    for its varchar(20) (22001). All three are refused by the server inside the binary
+    COPY, so isolation runs on COPY line numbers under the faults.
+    """
+
+    TABLE_CONSTRAINTS = (
+        'ALTER TABLE {table} ALTER COLUMN "user name" TYPE varchar(20), '
+        "ADD CONSTRAINT positive_amount CHECK (amount >= 0)"
+    )
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        import pyarrow as pa
+
+        for start in range(0, self.n, 5_000):
+            keys = range(start, min(start + 5_000, self.n))
+            names = [self._name(i) for i in keys]
+            amounts = [-1.0 if i in self.poison and i % 3 == 1 else i * 0.5 for i in keys]
+            yield pa.record_batch({"event_id": list(keys), "user name": names, "amount": amounts})
+
+    def _name(self, i: int) -> str:
+        if i in self.poison and i % 3 == 0:
+            return f"bad\x00{i}"
+        if i in self.poison and i % 3 == 2:
+            return f"far too long a name {i}"
+        return f"u{i}"
+
+
 async def our_connections(dsn: str) -> int:
     rows = await fetch(
         dsn,

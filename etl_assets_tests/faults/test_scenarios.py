@@ -19,6 +19,7 @@ import pytest
 import stamina
 
 from etl_assets.errors import EtlError
+from etl_assets.frames import classify_output
 from etl_assets.postgres.embedded import EmbeddedPostgres
 from etl_assets.postgres.ledger import LedgerTables
 from etl_assets.postgres.loader import LoadReport, LoadSettings, load_partition
@@ -27,12 +28,13 @@ from etl_assets.postgres.retry import RetryPolicy
 from etl_assets.postgres.target import TableTarget, WriteMode
 from etl_assets_tests.faults.harness import (
     SOAK,
+    PoisonedFrames,
     PoisonedSource,
     record,
     seeded,
     verdict,
 )
-from etl_assets_tests.postgres.helpers import DAY, events_target, fetch
+from etl_assets_tests.postgres.helpers import DAY, events_target, execute, fetch
 from etl_assets_tests.postgres.proxy import FaultProxy
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(1_500 if SOAK else 240)]
@@ -75,7 +77,12 @@ async def run_load(
             resource.pool(**(pool_options or {})) as pool,
         ):
             report = await load_partition(
-                pool, target, DAY, source, load_id=load_id, settings=settings(target, **kw)
+                pool,
+                target,
+                DAY,
+                classify_output(source, "fault scenario"),
+                load_id=load_id,
+                settings=settings(target, **kw),
             )
     except (EtlError, OSError) as exc:
         return None, exc
@@ -357,3 +364,73 @@ async def _hogs(dsn: str, n: int) -> AsyncIterator[None]:
     finally:
         for conn in conns:
             await conn.close()
+
+
+# --- DataFrames under faults ---------------------------------------------------------
+
+
+async def _frames_target(dsn: str, schema: str) -> TableTarget:
+    """The events table, created ahead with the constraints the frame poison violates."""
+    target = events_target(schema)
+    await execute(dsn, f"CREATE SCHEMA IF NOT EXISTS {target.sql_name.rsplit('.', 1)[0]}")
+    await execute(dsn, target.create_table_sql())
+    await execute(dsn, PoisonedFrames.TABLE_CONSTRAINTS.format(table=target.sql_name))
+    return target
+
+
+@pytest.mark.parametrize("rate", [0.01, 0.05])
+def test_poisoned_frames_with_links_cut(pg_dsn: str, schema: str, rate: float) -> None:
+    seed, rng = seeded("frames, links cut mid-stream")
+    source = PoisonedFrames(ROWS, rate, rng)
+    cuts_wanted = 300 if SOAK else 6
+
+    async def scenario() -> None:
+        target = await _frames_target(pg_dsn, schema)
+        async with FaultProxy(*url(pg_dsn)) as proxy:
+            low, high = (200_000, 2_000_000) if SOAK else (20_000, 400_000)
+            budgets = iter([rng.randrange(low, high) for _ in range(cuts_wanted)])
+            proxy.byte_budget = lambda: next(budgets, None)
+            started = time.monotonic()
+            _, error = await run_load(proxy.dsn(pg_dsn), target, source)
+        counts = await verdict(pg_dsn, target, source, error=error, load_id="run-1")
+        record(
+            f"Arrow batches, TCP links cut mid-stream, poison {rate:.2%} (NUL, CHECK, varchar)",
+            f"{proxy.cuts} links cut after {low // 1000}-{high // 1000} kB",
+            source, counts, error, started, seed,
+        )  # fmt: skip
+        assert error is None, error
+        assert proxy.cuts >= 1
+
+    asyncio.run(scenario())
+
+
+def test_poisoned_frames_with_backends_terminated(pg_dsn: str, schema: str) -> None:
+    seed, rng = seeded("frames, pg_terminate_backend at random")
+    source = PoisonedFrames(ROWS, 0.01, rng)
+    kills_wanted = 1_500 if SOAK else 8
+
+    async def scenario() -> None:
+        target = await _frames_target(pg_dsn, schema)
+        stop, kills = asyncio.Event(), [0]
+
+        async def killer() -> None:
+            while not stop.is_set() and kills[0] < kills_wanted:
+                await asyncio.sleep(rng.uniform(0.01, 0.15))
+                kills[0] += await _terminate_ours(pg_dsn, one=True)
+
+        started = time.monotonic()
+        task = asyncio.create_task(killer())
+        _, error = await run_load(pg_dsn, target, source)
+        stop.set()
+        await task
+        counts = await verdict(pg_dsn, target, source, error=error, load_id="run-1")
+        record(
+            "Arrow batches, pg_terminate_backend at random, poison 1.00% (NUL, CHECK, varchar)",
+            f"{kills[0]} backends terminated",
+            source, counts, error, started, seed,
+        )  # fmt: skip
+        assert kills[0] >= 1
+        if error is not None:
+            assert isinstance(error, EtlError), error
+
+    asyncio.run(scenario())
