@@ -25,6 +25,7 @@ is NULL in an optional column and a dead letter in a required one.
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -110,7 +111,7 @@ class ArrowShaper:
         model: type[pydantic.BaseModel] | None,
     ) -> None:
         self._pa = require_pyarrow("a DataFrame output")
-        self._pc = __import__("pyarrow.compute", fromlist=["compute"])
+        self._pc = importlib.import_module("pyarrow.compute")
         self._columns = tuple(data_columns)
         self._partition_column = partition_column
         self._day = day
@@ -137,34 +138,43 @@ class ArrowShaper:
             return self._shape(first_record_no, batch)
 
     def _shape(self, first: int, batch: Any) -> ShapedChunk:
-        pa, pc = self._pa, self._pc
+        pa = self._pa
         n = int(batch.num_rows)
         self._check_columns(batch)
-        bad: dict[int, str] = {}
-        for name in self._columns:
-            if name in batch.schema.names:
-                for i in self._uncastable(batch.column(name), self._types[name]):
-                    bad.setdefault(i, f"{name}: {self._cast_error(batch.column(name), i, name)}")
-                if name in self._required:
-                    for i in self._indices(pc.is_null(batch.column(name))):
-                        bad.setdefault(i, f"{name}: null in a column that does not allow None")
+        cast, bad = self._cast_columns(batch)
         wrong_day = self._wrong_partition(batch)
-        keep = (
-            [i for i in range(n) if i not in bad and i not in wrong_day]
-            if bad or wrong_day
-            else list(range(n))
-        )
         letters = [self._letter(first, batch, i, bad[i]) for i in sorted(bad)]
         letters += [self._wrong_day_letter(first, batch, i) for i in sorted(wrong_day - bad.keys())]
-        kept = batch if len(keep) == n else batch.take(pa.array(keep, pa.int64()))
-        arrays = [self._column(kept, name) for name in self._columns]
+        if bad or wrong_day:  # only a batch with rejects is cast twice (its good rows)
+            keep = [i for i in range(n) if i not in bad and i not in wrong_day]
+            batch = batch.take(pa.array(keep, pa.int64()))
+            cast, _ = self._cast_columns(batch)
+        else:
+            keep = list(range(n))
+        arrays = [cast[name] for name in self._columns]
         arrays.append(self._partition_days(len(keep)))
         out = pa.RecordBatch.from_arrays(arrays, names=[*self._columns, self._partition_column])
-        return ShapedChunk(
-            ArrowRows(out),
-            [first + i for i in keep],
-            sorted_letters(letters),
-        )
+        return ShapedChunk(ArrowRows(out), [first + i for i in keep], sorted_letters(letters))
+
+    def _cast_columns(self, batch: Any) -> tuple[dict[str, Any], dict[int, str]]:
+        """Each model column cast to its target type, and the rows that cannot be (why)."""
+        pa, pc = self._pa, self._pc
+        cast: dict[str, Any] = {}
+        bad: dict[int, str] = {}
+        for name in self._columns:
+            if name not in batch.schema.names:
+                cast[name] = self._default_column(name, batch.num_rows)
+                continue
+            column = batch.column(name)
+            try:
+                cast[name] = pc.cast(column, self._types[name], safe=True)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                for i in self._uncastable(column, self._types[name]):
+                    bad.setdefault(i, f"{name}: {self._cast_error(column, i, name)}")
+            if name in self._required and column.null_count:
+                for i in self._indices(pc.is_null(column)):
+                    bad.setdefault(i, f"{name}: null in a column that does not allow None")
+        return cast, bad
 
     def _check_columns(self, batch: Any) -> None:
         names = set(batch.schema.names)
@@ -188,12 +198,11 @@ class ArrowShaper:
                     "the column (e.g. pandas astype / polars cast) before returning it"
                 )
 
-    def _column(self, batch: Any, name: str) -> Any:
-        if name not in batch.schema.names:  # optional field absent from the frame
-            assert self._model is not None
-            default = self._model.model_fields[name].get_default(call_default_factory=True)
-            return self._pa.array([default] * batch.num_rows, self._types[name])
-        return self._pc.cast(batch.column(name), self._types[name], safe=True)
+    def _default_column(self, name: str, n: int) -> Any:
+        """An optional field the frame does not carry: its model default, as pydantic fills it."""
+        assert self._model is not None  # without a model every column is required
+        default = self._model.model_fields[name].get_default(call_default_factory=True)
+        return self._pa.array([default] * n, self._types[name])
 
     def _uncastable(self, column: Any, target: Any) -> list[int]:
         """Row indices the safe cast refuses: one cast when all pass, bisection otherwise."""

@@ -143,7 +143,11 @@ def _batches_of(pa: Any, frame: Any, batch_size: int) -> Iterator[pa.RecordBatch
         # preserve_index=False: the index is not a column of the model (reset_index() it
         # into one if it is). NaN in float columns becomes null (pandas' missing value).
         table = pa.Table.from_pandas(frame, preserve_index=False)
-    elif kind == "polars.LazyFrame":
+    elif kind == "polars.LazyFrame":  # streamed by polars' engine where it can
+        if hasattr(frame, "collect_batches"):
+            for chunk in frame.collect_batches(chunk_size=batch_size):
+                yield from chunk.to_arrow().to_batches(max_chunksize=batch_size)
+            return
         table = frame.collect().to_arrow()
     elif kind == "polars.DataFrame":
         table = frame.to_arrow()

@@ -54,5 +54,3 @@ def module_hours(logs: pd.DataFrame) -> pd.DataFrame:
         lines=("line_no", "size"), errors=("is_error", "sum")
     )
     return grouped.astype({"hour": "int64", "lines": "int64", "errors": "int64"})
-
-
