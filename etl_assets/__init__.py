@@ -11,7 +11,12 @@ from etl_assets.errors import (
     RetryableError,
     classify,
 )
-from etl_assets.io_manager import PartitionRecords, ResilientPostgresIOManager, data_date
+from etl_assets.io_manager import (
+    PartitionRecords,
+    ResilientPostgresIOManager,
+    data_date,
+    postgres_asset,
+)
 from etl_assets.postgres.loader import LoadReport, LoadSettings, load_partition, resolve_load_id
 from etl_assets.postgres.reader import PartitionStream
 from etl_assets.postgres.replay import ReplayReport, replay_dead_letters
@@ -27,6 +32,7 @@ __all__ = [
     "PartitionRecords",
     "PartitionStream",
     "partition_checks",
+    "postgres_asset",
     "data_date",
     # loading
     "load_partition",
