@@ -142,7 +142,7 @@ def _batches_of(pa: Any, frame: Any, batch_size: int) -> Iterator[pa.RecordBatch
     if kind == "pandas.DataFrame":
         # preserve_index=False: the index is not a column of the model (reset_index() it
         # into one if it is). NaN in float columns becomes null (pandas' missing value).
-        table = pa.Table.from_pandas(frame, preserve_index=False)
+        table = _from_pandas(pa, frame)
     elif kind == "polars.LazyFrame":  # streamed by polars' engine where it can
         if hasattr(frame, "collect_batches"):
             for chunk in frame.collect_batches(chunk_size=batch_size):
@@ -161,6 +161,25 @@ def _batches_of(pa: Any, frame: Any, batch_size: int) -> Iterator[pa.RecordBatch
     else:
         table = frame
     yield from table.to_batches(max_chunksize=batch_size)
+
+
+def _from_pandas(pa: Any, frame: Any) -> pa.Table:
+    """pandas to Arrow, or a refusal naming the column Arrow cannot type (mixed objects)."""
+    try:
+        return pa.Table.from_pandas(frame, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        culprit = "a column"
+        for name in frame.columns:
+            try:
+                pa.array(frame[name], from_pandas=True)
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                culprit = f"column {name!r}"
+                break
+        raise ConfigurationError(
+            f"the DataFrame cannot be typed: {culprit} holds values Arrow cannot put in one "
+            f"type ({str(exc).splitlines()[0]}); convert it (astype) or return the rows as "
+            "records (df.to_dict('records')) so bad values are dead-lettered one by one"
+        ) from None
 
 
 def _split(batch: pa.RecordBatch, batch_size: int) -> Iterator[pa.RecordBatch]:

@@ -268,8 +268,12 @@ def test_rows_of_another_day_are_dead_lettered_not_moved(pg_dsn: str, schema: st
     [
         (pd.DataFrame({"sale_id": [1], "amount": [1.0]}), "no column 'item'"),
         (pd.DataFrame({"sale_id": ["x"], "item": [1], "amount": [1.0]}), "column 'item'"),
+        (
+            pd.DataFrame({"sale_id": [1, 2], "item": ["a", 3], "amount": [1.0, 2.0]}),
+            "column 'item' holds values Arrow cannot put in one type",
+        ),
     ],
-    ids=["missing column", "wrong column kind"],
+    ids=["missing column", "wrong column kind", "mixed object column"],
 )
 def test_schema_mistakes_fail_the_load_naming_the_column(
     pg_dsn: str, schema: str, frame: pd.DataFrame, message: str
