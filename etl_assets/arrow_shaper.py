@@ -149,12 +149,13 @@ class ArrowShaper:
             keep = [i for i in range(n) if i not in bad and i not in wrong_day]
             batch = batch.take(pa.array(keep, pa.int64()))
             cast, _ = self._cast_columns(batch)
+            record_nos = [first + i for i in keep]
         else:
-            keep = list(range(n))
+            record_nos = list(range(first, first + n))
         arrays = [cast[name] for name in self._columns]
-        arrays.append(self._partition_days(len(keep)))
+        arrays.append(self._partition_days(len(record_nos)))
         out = pa.RecordBatch.from_arrays(arrays, names=[*self._columns, self._partition_column])
-        return ShapedChunk(ArrowRows(out), [first + i for i in keep], sorted_letters(letters))
+        return ShapedChunk(ArrowRows(out), record_nos, sorted_letters(letters))
 
     def _cast_columns(self, batch: Any) -> tuple[dict[str, Any], dict[int, str]]:
         """Each model column cast to its target type, and the rows that cannot be (why)."""

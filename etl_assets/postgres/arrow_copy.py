@@ -100,6 +100,12 @@ class ArrowRows(Sequence[Row]):
     def take(self, indices: Sequence[int]) -> ArrowRows:
         return ArrowRows(self.batch.take(list(indices)))
 
+    def sample_bytes(self, stride: int) -> bytes:
+        """Every ``stride``-th row and the last, as Arrow IPC bytes (for the batch digest)."""
+        n = len(self)
+        sample = self.batch.take([*range(0, n, stride), *([n - 1] if n else [])])
+        return bytes(sample.serialize())
+
     def column_values(self, position: int) -> list[Any]:
         return list(self.batch.column(position).to_pylist())
 

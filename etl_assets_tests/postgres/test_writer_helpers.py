@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pyarrow as pa
 import pytest
 
+from etl_assets.postgres.arrow_copy import ArrowRows
 from etl_assets.postgres.writer import DIGEST_STRIDE, _copy_line, batch_digest
 
 DAY = dt.date(2024, 3, 1)
@@ -52,3 +54,27 @@ def test_the_rejected_copy_row_is_read_from_the_error_context(
 ) -> None:
     """The server names the row a COPY failed on; the writer isolates it in two statements."""
     assert _copy_line(_Context(context)) == line
+
+
+def arrow_rows(rows: list[tuple[int, str]]) -> ArrowRows:
+    ids, names = zip(*rows, strict=True) if rows else ((), ())
+    return ArrowRows(pa.record_batch({"id": list(ids), "name": list(names)}))
+
+
+def test_a_columnar_batch_digest_catches_a_shifted_source_too() -> None:
+    """Arrow batches are fingerprinted from their sampled bytes: same rows, same digest."""
+    rows = [(i, f"r{i}") for i in range(1_000)]
+    inserted = [*rows[:500], (-1, "new"), *rows[500:-1]]
+    assert batch_digest(arrow_rows(rows), []) == batch_digest(arrow_rows(list(rows)), [])
+    assert batch_digest(arrow_rows(inserted), []) != batch_digest(arrow_rows(rows), [])
+    assert batch_digest(arrow_rows(rows[:-1]), []) != batch_digest(arrow_rows(rows), [])
+
+
+def test_arrow_rows_index_and_slice_like_a_list_of_tuples() -> None:
+    """The writer's poison isolation slices and indexes rows; ArrowRows answers as a list."""
+    rows = [(i, f"r{i}") for i in range(10)]
+    columnar = arrow_rows(rows)
+    assert (len(columnar), columnar[3], columnar[-1]) == (10, (3, "r3"), (9, "r9"))
+    assert list(columnar[2:5]) == rows[2:5]
+    assert list(columnar[::4]) == rows[::4]
+    assert list(columnar[7:2]) == []
