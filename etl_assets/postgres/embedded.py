@@ -22,6 +22,7 @@ import os
 import pwd
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,6 +101,25 @@ class EmbeddedPostgres:
     def stop(self) -> None:
         self._pg_ctl("stop", "-m", "fast", "-w", "-t", str(_START_TIMEOUT_S))
 
+    def stop_if_abandoned(self) -> bool:
+        """Stop the server if no lease holder is alive; True once no server runs here.
+
+        The watchdog's question: a holder that was SIGKILLed or crashed never released
+        its lease, and without this its server would run on forever.
+        """
+        with self._locked():
+            if not self._running_port():
+                return True
+            leases = [p for p in self._read_leases() if _alive(p)]
+            self._write_leases(leases)
+            if leases:
+                return False
+            _log.info(
+                "embedded PostgreSQL on %s: every lease holder is gone; stopping", self.data_dir
+            )
+            self.stop()
+            return True
+
     # --- internals ----------------------------------------------------------------
 
     def _start(self) -> int:
@@ -119,7 +139,18 @@ class EmbeddedPostgres:
             options,
         )
         _log.info("embedded PostgreSQL started on 127.0.0.1:%d (data in %s)", port, self.data_dir)
+        self._start_watchdog()
         return port
+
+    def _start_watchdog(self) -> None:
+        """A detached process that stops the server once every lease holder has died."""
+        subprocess.Popen(
+            [sys.executable, "-m", "etl_assets.postgres.watchdog", str(self.data_dir)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # outlives the process group of the one that started it
+        )
 
     def _init_if_needed(self) -> None:
         if (self.data_dir / "PG_VERSION").exists():

@@ -37,12 +37,18 @@ def run_sync(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
     already runs a loop (an ``async def`` asset), the work gets a thread of its own:
     one loop per call either way, never a loop shared with code we do not own.
     """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:  # the usual case: no loop in this thread
-        return asyncio.run(main())
+    if not _loop_running():  # the usual case; run outside any except block, so that its
+        return asyncio.run(main())  # errors carry no "no running event loop" context
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="etl-assets") as pool:
         return pool.submit(asyncio.run, main()).result()
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # asyncio's way of saying "no loop in this thread"
+        return False
+    return True
 
 
 class ConnectionFailedError(FatalError):
@@ -134,18 +140,25 @@ class PostgresResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         """An asyncpg pool for the current event loop, closed on every path.
 
         On success the pool is closed gracefully; on an exception or cancellation it is
-        terminated at once, so a failing step never waits on a dead server.
+        terminated at once, so a failing step never waits on a dead server. With no DSN,
+        an embedded server this call leased is released again on every path (under
+        Dagster, the resource holds the lease for the whole step instead).
         """
-        pool = await self._open_pool(**overrides)
+        leased_here = self.dsn is None and self._embedded_dsn is None
         try:
-            yield pool
-        except BaseException:
-            pool.terminate()
-            raise
-        try:
-            await asyncio.wait_for(pool.close(), timeout=30)
-        except TimeoutError:
-            pool.terminate()
+            pool = await self._open_pool(**overrides)
+            try:
+                yield pool
+            except BaseException:
+                pool.terminate()
+                raise
+            try:
+                await asyncio.wait_for(pool.close(), timeout=30)
+            except TimeoutError:
+                pool.terminate()
+        finally:
+            if leased_here:  # the engine API, outside Dagster's resource lifecycle
+                self.close()
 
     async def _open_pool(self, **overrides: Any) -> asyncpg.Pool:
         dsn = self.resolved_dsn()
@@ -183,7 +196,7 @@ async def _create_pool(dsn: str, options: dict[str, Any]) -> asyncpg.Pool:
     except DRIVER_ERRORS as exc:
         # from None: asyncpg's own message may quote the DSN, password included.
         raise _redacted(classify(exc), dsn) from None
-    except ValueError as exc:  # asyncpg's DSN parser
+    except (ValueError, OverflowError) as exc:  # asyncpg's DSN parser (a port past 65535)
         raise ConfigurationError(
             f"the PostgreSQL DSN is malformed ({type(exc).__name__}); expected "
             "postgresql://user:password@host:port/database"
