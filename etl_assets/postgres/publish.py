@@ -183,7 +183,7 @@ class StagedPublisher:
             elif kind is TargetKind.PARTITIONED:
                 await self._swap_partition(conn)
             else:
-                await self._replace_rows(conn)
+                await self._replace_rows(conn, staged)
             await conn.execute(
                 self.ledger.finish_load(),
                 *self.key,
@@ -239,14 +239,26 @@ class StagedPublisher:
         wanted = f"FOR VALUES FROM ('{self.day.isoformat()}') TO ('{after.isoformat()}')"
         return [qualified(r["nspname"], r["relname"]) for r in rows if r["bound"] == wanted]
 
-    async def _replace_rows(self, conn: asyncpg.Connection) -> None:
+    async def _replace_rows(self, conn: asyncpg.Connection, staged: int) -> None:
+        """DELETE the day and INSERT the staged rows, audited before the COMMIT.
+
+        Unlike a partition swap, rows pass through the target's triggers and rules here,
+        so the day is counted in the same transaction: readers never see a day that is
+        short, and the load fails instead of leaving it to the blocking check.
+        """
         cols = column_list(self.target.row_columns)
-        await conn.execute(
-            f"DELETE FROM {self.target.sql_name} "
-            f"WHERE {quote_ident(self.target.partition_column)} = $1",
-            self.day,
-        )
+        day_column = quote_ident(self.target.partition_column)
+        await conn.execute(f"DELETE FROM {self.target.sql_name} WHERE {day_column} = $1", self.day)
         await conn.execute(
             f"INSERT INTO {self.target.sql_name} ({cols}) SELECT {cols} FROM {self.staging_sql}"
         )
+        in_table = await conn.fetchval(
+            f"SELECT count(*) FROM {self.target.sql_name} WHERE {day_column} = $1", self.day
+        )
+        if in_table != staged:
+            raise LoadIntegrityError(
+                f"{self.key[0]} partition {self.key[1]}: after publishing {staged} staged rows "
+                f"the table holds {in_table} for the day (a trigger or rule changed them); "
+                "not publishing"
+            )
         await conn.execute(f"DROP TABLE {self.staging_sql}")

@@ -11,13 +11,14 @@ from typing import Any
 import pydantic
 import pytest
 
-from etl_assets.errors import CircuitBreakerOpenError, FatalError
-from etl_assets.postgres.sql import qualified
+from etl_assets.errors import CircuitBreakerOpenError, FatalError, LoadIntegrityError
+from etl_assets.postgres.sql import qualified, quote_ident
 from etl_assets.postgres.target import Column, TableTarget, WriteMode
 from etl_assets_tests.postgres.helpers import (
     DAY,
     dead_letters,
     events_target,
+    execute,
     expected,
     fetch,
     ledger_sums,
@@ -341,5 +342,28 @@ def test_record_for_another_day_is_not_written_into_this_partition(
         assert (report.written, report.dead_lettered) == (3, 1)
         letters = await dead_letters(pg_dsn, schema)
         assert letters[0]["error_class"] == "WrongPartition"
+
+    asyncio.run(scenario())
+
+
+def test_a_plain_table_publish_is_audited_before_it_is_visible(pg_dsn: str, schema: str) -> None:
+    """A trigger that drops rows during DELETE + INSERT fails the publish; the old day stays."""
+    target = events_target(schema)
+    plain = target.create_table_sql().split(" PARTITION BY", 1)[0]
+
+    async def scenario() -> None:
+        await execute(pg_dsn, f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}; {plain}")
+        await load(pg_dsn, target, records(100), load_id="good")
+        await execute(
+            pg_dsn,
+            f"""CREATE FUNCTION {quote_ident(schema)}.lose_ten() RETURNS trigger
+                LANGUAGE plpgsql AS $$ BEGIN
+                  DELETE FROM {target.sql_name} WHERE event_id < 10; RETURN NULL; END $$;
+                CREATE TRIGGER lose_ten AFTER INSERT ON {target.sql_name}
+                  FOR EACH STATEMENT EXECUTE FUNCTION {quote_ident(schema)}.lose_ten();""",
+        )
+        with pytest.raises(LoadIntegrityError, match="the table holds 90 for the day"):
+            await load(pg_dsn, target, records(100, tag="new"), load_id="bad")
+        assert await table_rows(pg_dsn, target) == expected(100)
 
     asyncio.run(scenario())
