@@ -82,7 +82,11 @@ class ResilientPostgresIOManager(dg.ConfigurableIOManager):
             "PostgresTable(max_dead_letter_ratio=...) overrides it per asset."
         ),
     )
-    retry_attempts: int = Field(default=6, ge=1, description="Attempts per transaction.")
+    retry_attempts: int = Field(
+        default=30,
+        ge=1,
+        description="Attempts per transaction; with the default, retry_budget_s is the bound.",
+    )
     retry_budget_s: float = Field(
         default=120.0, gt=0, description="Total seconds one transaction may spend retrying."
     )

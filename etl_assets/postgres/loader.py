@@ -26,11 +26,11 @@ import pydantic
 from etl_assets import collector, frames
 from etl_assets.arrow_shaper import ArrowShaper
 from etl_assets.breaker import DEFAULT_CONFIDENCE, reject_share_exceeded
-from etl_assets.errors import CircuitBreakerOpenError, ConfigurationError, FatalError
+from etl_assets.errors import CircuitBreakerOpenError, ConfigurationError, EtlError, FatalError
 from etl_assets.postgres.arrow_copy import ArrowRows, column_types
 from etl_assets.postgres.ledger import LedgerTables, PartitionTotals
 from etl_assets.postgres.publish import StagedPublisher, TargetKind, audit, inspect_target
-from etl_assets.postgres.retry import DRIVER_ERRORS, RetryPolicy, classified, connection, retrying
+from etl_assets.postgres.retry import RetryPolicy, classified, connection, retrying
 from etl_assets.postgres.target import TableTarget, WriteMode
 from etl_assets.postgres.writer import BatchResult, BatchWriter, Log, PreparedBatch, batch_digest
 from etl_assets.records import (
@@ -461,14 +461,23 @@ async def _finish(
     raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
 
 
+MARK_FAILED_BUDGET_S = 30.0
+
+
 async def mark_load_failed(
     pool: asyncpg.Pool, ledger: LedgerTables, key: tuple[str, str, str], log: Log
 ) -> None:
-    """Best effort: the run is failing anyway, and the original error must win."""
+    """Best effort, retried for a while: a load that failed because the server went away
+    is marked ``failed`` once it is back, not left ``loading``. The original error wins.
+    """
+    policy = RetryPolicy(timeout_s=MARK_FAILED_BUDGET_S, wait_max_s=2.0)
     try:
-        async with asyncio.timeout(5), pool.acquire() as conn:
-            await conn.execute(ledger.fail_load(), *key)
-    except (*DRIVER_ERRORS, asyncio.CancelledError) as exc:  # type: ignore[misc]
+        async with asyncio.timeout(MARK_FAILED_BUDGET_S + 5):
+            async for attempt in retrying(policy):
+                with attempt, classified():
+                    async with connection(pool) as conn:
+                        await conn.execute(ledger.fail_load(), *key)
+    except (EtlError, TimeoutError, asyncio.CancelledError) as exc:
         log.warning("%s partition %s: could not mark the load failed: %r", key[0], key[1], exc)
 
 

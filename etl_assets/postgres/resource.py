@@ -86,7 +86,11 @@ class PostgresResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         default=4, ge=1, description="Upper bound of connections per step (writers + 1)."
     )
     connect_timeout_s: float = Field(default=10.0, gt=0, description="Per connection attempt.")
-    connect_attempts: int = Field(default=5, ge=1, description="Attempts to open the pool.")
+    connect_attempts: int = Field(
+        default=20,
+        ge=1,
+        description="Attempts to open the pool; with the default, connect_budget_s is the bound.",
+    )
     connect_budget_s: float = Field(
         default=60.0, gt=0, description="Total time allowed for opening the pool, retries included."
     )

@@ -57,7 +57,8 @@ def real_backoff() -> Iterator[None]:
 def settings(target: TableTarget, **kw: Any) -> LoadSettings:
     kw.setdefault("batch_size", 2_000)
     kw.setdefault("max_dead_letter_ratio", 0.10)  # 5% poison must not trip the breaker
-    return LoadSettings(ledger_schema=target.schema, retry=RETRY, **kw)
+    kw.setdefault("retry", RETRY)
+    return LoadSettings(ledger_schema=target.schema, **kw)
 
 
 async def run_load(
@@ -240,6 +241,61 @@ def test_server_restarted_mid_load(own_server: tuple[EmbeddedPostgres, str], sch
         assert error is None, error
         assert report is not None
         assert report.retries >= 1
+
+    asyncio.run(scenario())
+
+
+def test_a_30_s_restart_is_ridden_out_on_default_settings(
+    own_server: tuple[EmbeddedPostgres, str], schema: str
+) -> None:
+    """The package's own retry policy outlasts a routine restart: bounded by time, not tries."""
+    seed, rng = seeded("30 s restart, default retry policy")
+    target, source = events_target(schema), PoisonedSource(ROWS * 2, 0.01, rng)
+    server, dsn = own_server
+
+    async def scenario() -> None:
+        async with FaultProxy(*url(dsn)) as proxy:
+            started = time.monotonic()
+            load = asyncio.create_task(
+                run_load(proxy.dsn(dsn), target, source, retry=RetryPolicy())
+            )
+            await _wait_for_batches(dsn, target, 3)
+            new_dsn = await asyncio.to_thread(server.restart, 30.0)
+            proxy.upstream = url(new_dsn)
+            report, error = await load
+            counts = await verdict(new_dsn, target, source, error=error, load_id="run-1")
+        record(
+            "PostgreSQL down for 30 s, default RetryPolicy(), poison 1%",
+            "1 restart: every connection dropped, refused for 30 s",
+            source, counts, error, started, seed,
+        )  # fmt: skip
+        assert error is None, error
+        assert report is not None
+        assert report.retries >= 1
+
+    asyncio.run(scenario())
+
+
+def test_a_load_that_outlives_its_budget_is_marked_failed_once_the_server_is_back(
+    own_server: tuple[EmbeddedPostgres, str], schema: str
+) -> None:
+    """A 2 s budget against an 8 s outage fails loudly; the ledger then says 'failed'."""
+    _, rng = seeded("outage longer than the retry budget")
+    target, source = events_target(schema), PoisonedSource(ROWS * 2, 0.01, rng)
+    server, dsn = own_server
+    short = RetryPolicy(attempts=3, timeout_s=2.0, wait_initial_s=0.2, wait_max_s=0.5)
+
+    async def scenario() -> None:
+        async with FaultProxy(*url(dsn)) as proxy:
+            load = asyncio.create_task(run_load(proxy.dsn(dsn), target, source, retry=short))
+            await _wait_for_batches(dsn, target, 3)
+            new_dsn = await asyncio.to_thread(server.restart, 8.0)
+            proxy.upstream = url(new_dsn)
+            _, error = await load
+        assert isinstance(error, EtlError), error
+        ledger = LedgerTables(target.schema)
+        status = await fetch(new_dsn, f"SELECT status FROM {ledger.loads} WHERE load_id = 'run-1'")
+        assert [r[0] for r in status] == ["failed"]
 
     asyncio.run(scenario())
 
