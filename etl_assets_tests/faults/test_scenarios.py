@@ -98,27 +98,34 @@ def url(dsn: str) -> tuple[str, int]:
 # --- network faults -------------------------------------------------------------------
 
 
+async def _with_links_cut(
+    pg_dsn: str, target: TableTarget, source: PoisonedSource, rng: Any
+) -> tuple[BaseException | None, str, float]:
+    """Load through a proxy that cuts links after random byte counts: (error, faults, start)."""
+    cuts_wanted = 300 if SOAK else 6
+    async with FaultProxy(*url(pg_dsn)) as proxy:
+        low, high = (200_000, 2_000_000) if SOAK else (20_000, 400_000)
+        budgets = iter([rng.randrange(low, high) for _ in range(cuts_wanted)])
+        proxy.byte_budget = lambda: next(budgets, None)
+        started = time.monotonic()
+        _, error = await run_load(proxy.dsn(pg_dsn), target, source)
+    assert proxy.cuts >= 1
+    return error, f"{proxy.cuts} links cut after {low // 1000}-{high // 1000} kB", started
+
+
 @pytest.mark.parametrize("rate", RATES)
 def test_links_cut_after_random_byte_counts(pg_dsn: str, schema: str, rate: float) -> None:
     seed, rng = seeded("links cut mid-stream")
     target, source = events_target(schema), PoisonedSource(ROWS, rate, rng)
-    cuts_wanted = 300 if SOAK else 6
 
     async def scenario() -> None:
-        async with FaultProxy(*url(pg_dsn)) as proxy:
-            low, high = (200_000, 2_000_000) if SOAK else (20_000, 400_000)
-            budgets = iter([rng.randrange(low, high) for _ in range(cuts_wanted)])
-            proxy.byte_budget = lambda: next(budgets, None)
-            started = time.monotonic()
-            _, error = await run_load(proxy.dsn(pg_dsn), target, source)
+        error, faults, started = await _with_links_cut(pg_dsn, target, source, rng)
         counts = await verdict(pg_dsn, target, source, error=error, load_id="run-1")
         record(
-            f"TCP links cut mid-stream, poison {rate:.2%}",
-            f"{proxy.cuts} links cut after {low // 1000}-{high // 1000} kB",
+            f"TCP links cut mid-stream, poison {rate:.2%}", faults,
             source, counts, error, started, seed,
         )  # fmt: skip
         assert error is None, error
-        assert proxy.cuts >= 1
 
     asyncio.run(scenario())
 
@@ -176,34 +183,41 @@ def test_new_connections_refused_for_a_while(pg_dsn: str, schema: str) -> None:
 # --- server-side faults ---------------------------------------------------------------
 
 
+async def _with_backends_killed(
+    pg_dsn: str, target: TableTarget, source: PoisonedSource, rng: Any
+) -> tuple[BaseException | None, str, float]:
+    """Load while our backends are terminated at random moments: (error, faults, start)."""
+    kills_wanted = 1_500 if SOAK else 8
+    stop, kills = asyncio.Event(), [0]
+
+    async def killer() -> None:
+        while not stop.is_set() and kills[0] < kills_wanted:
+            await asyncio.sleep(rng.uniform(0.01, 0.15))
+            kills[0] += await _terminate_ours(pg_dsn, one=True)
+
+    started = time.monotonic()
+    task = asyncio.create_task(killer())
+    _, error = await run_load(pg_dsn, target, source)
+    stop.set()
+    await task
+    assert kills[0] >= 1
+    if error is not None:  # every attempt of one batch killed: loud is acceptable
+        assert isinstance(error, EtlError), error
+    return error, f"{kills[0]} backends terminated", started
+
+
 @pytest.mark.parametrize("rate", RATES)
 def test_backends_terminated_at_random_moments(pg_dsn: str, schema: str, rate: float) -> None:
     seed, rng = seeded("pg_terminate_backend at random")
     target, source = events_target(schema), PoisonedSource(ROWS, rate, rng)
-    kills_wanted = 1_500 if SOAK else 8
 
     async def scenario() -> None:
-        stop, kills = asyncio.Event(), [0]
-
-        async def killer() -> None:
-            while not stop.is_set() and kills[0] < kills_wanted:
-                await asyncio.sleep(rng.uniform(0.01, 0.15))
-                kills[0] += await _terminate_ours(pg_dsn, one=True)
-
-        started = time.monotonic()
-        task = asyncio.create_task(killer())
-        _, error = await run_load(pg_dsn, target, source)
-        stop.set()
-        await task
+        error, faults, started = await _with_backends_killed(pg_dsn, target, source, rng)
         counts = await verdict(pg_dsn, target, source, error=error, load_id="run-1")
         record(
-            f"pg_terminate_backend at random moments, poison {rate:.2%}",
-            f"{kills[0]} backends terminated",
+            f"pg_terminate_backend at random moments, poison {rate:.2%}", faults,
             source, counts, error, started, seed,
         )  # fmt: skip
-        assert kills[0] >= 1
-        if error is not None:  # every attempt of one batch killed: loud is acceptable
-            assert isinstance(error, EtlError), error
 
     asyncio.run(scenario())
 
@@ -219,54 +233,38 @@ def own_server(tmp_path: Path) -> Iterator[tuple[EmbeddedPostgres, str]]:
         yield server, dsn
 
 
-def test_server_restarted_mid_load(own_server: tuple[EmbeddedPostgres, str], schema: str) -> None:
-    seed, rng = seeded("server restart")
-    target, source = events_target(schema), PoisonedSource(ROWS * 2, 0.01, rng)
-    server, dsn = own_server
-
-    async def scenario() -> None:
-        async with FaultProxy(*url(dsn)) as proxy:
-            started = time.monotonic()
-            load = asyncio.create_task(run_load(proxy.dsn(dsn), target, source))
-            await _wait_for_batches(dsn, target, 3)
-            new_dsn = await asyncio.to_thread(server.restart, 1.0)
-            proxy.upstream = url(new_dsn)
-            report, error = await load
-            counts = await verdict(new_dsn, target, source, error=error, load_id="run-1")
-        record(
-            "PostgreSQL stopped (fast) and restarted 1 s later, poison 1%",
-            "1 restart: every connection dropped",
-            source, counts, error, started, seed,
-        )  # fmt: skip
-        assert error is None, error
-        assert report is not None
-        assert report.retries >= 1
-
-    asyncio.run(scenario())
-
-
-def test_a_30_s_restart_is_ridden_out_on_default_settings(
-    own_server: tuple[EmbeddedPostgres, str], schema: str
+@pytest.mark.parametrize(
+    ("down_s", "retry", "label"),
+    [
+        (1.0, RETRY, "restarted 1 s later"),
+        (30.0, RetryPolicy(), "down for 30 s, default RetryPolicy()"),
+    ],
+    ids=["1 s", "30 s on default settings"],
+)
+def test_server_restarted_mid_load(
+    own_server: tuple[EmbeddedPostgres, str],
+    schema: str,
+    down_s: float,
+    retry: RetryPolicy,
+    label: str,
 ) -> None:
-    """The package's own retry policy outlasts a routine restart: bounded by time, not tries."""
-    seed, rng = seeded("30 s restart, default retry policy")
+    """Every connection dropped; the package's own defaults ride out a 30 s restart (time-bound)."""
+    seed, rng = seeded(f"server {label}")
     target, source = events_target(schema), PoisonedSource(ROWS * 2, 0.01, rng)
     server, dsn = own_server
 
     async def scenario() -> None:
         async with FaultProxy(*url(dsn)) as proxy:
             started = time.monotonic()
-            load = asyncio.create_task(
-                run_load(proxy.dsn(dsn), target, source, retry=RetryPolicy())
-            )
+            load = asyncio.create_task(run_load(proxy.dsn(dsn), target, source, retry=retry))
             await _wait_for_batches(dsn, target, 3)
-            new_dsn = await asyncio.to_thread(server.restart, 30.0)
+            new_dsn = await asyncio.to_thread(server.restart, down_s)
             proxy.upstream = url(new_dsn)
             report, error = await load
             counts = await verdict(new_dsn, target, source, error=error, load_id="run-1")
         record(
-            "PostgreSQL down for 30 s, default RetryPolicy(), poison 1%",
-            "1 restart: every connection dropped, refused for 30 s",
+            f"PostgreSQL stopped (fast), {label}, poison 1%",
+            f"1 restart: every connection dropped, refused for {down_s:.0f} s",
             source, counts, error, started, seed,
         )  # fmt: skip
         assert error is None, error
@@ -438,24 +436,16 @@ async def _frames_target(dsn: str, schema: str) -> TableTarget:
 def test_poisoned_frames_with_links_cut(pg_dsn: str, schema: str, rate: float) -> None:
     seed, rng = seeded("frames, links cut mid-stream")
     source = PoisonedFrames(ROWS, rate, rng)
-    cuts_wanted = 300 if SOAK else 6
 
     async def scenario() -> None:
         target = await _frames_target(pg_dsn, schema)
-        async with FaultProxy(*url(pg_dsn)) as proxy:
-            low, high = (200_000, 2_000_000) if SOAK else (20_000, 400_000)
-            budgets = iter([rng.randrange(low, high) for _ in range(cuts_wanted)])
-            proxy.byte_budget = lambda: next(budgets, None)
-            started = time.monotonic()
-            _, error = await run_load(proxy.dsn(pg_dsn), target, source)
+        error, faults, started = await _with_links_cut(pg_dsn, target, source, rng)
         counts = await verdict(pg_dsn, target, source, error=error, load_id="run-1")
         record(
             f"Arrow batches, TCP links cut mid-stream, poison {rate:.2%} (NUL, CHECK, varchar)",
-            f"{proxy.cuts} links cut after {low // 1000}-{high // 1000} kB",
-            source, counts, error, started, seed,
+            faults, source, counts, error, started, seed,
         )  # fmt: skip
         assert error is None, error
-        assert proxy.cuts >= 1
 
     asyncio.run(scenario())
 
@@ -463,30 +453,14 @@ def test_poisoned_frames_with_links_cut(pg_dsn: str, schema: str, rate: float) -
 def test_poisoned_frames_with_backends_terminated(pg_dsn: str, schema: str) -> None:
     seed, rng = seeded("frames, pg_terminate_backend at random")
     source = PoisonedFrames(ROWS, 0.01, rng)
-    kills_wanted = 1_500 if SOAK else 8
 
     async def scenario() -> None:
         target = await _frames_target(pg_dsn, schema)
-        stop, kills = asyncio.Event(), [0]
-
-        async def killer() -> None:
-            while not stop.is_set() and kills[0] < kills_wanted:
-                await asyncio.sleep(rng.uniform(0.01, 0.15))
-                kills[0] += await _terminate_ours(pg_dsn, one=True)
-
-        started = time.monotonic()
-        task = asyncio.create_task(killer())
-        _, error = await run_load(pg_dsn, target, source)
-        stop.set()
-        await task
+        error, faults, started = await _with_backends_killed(pg_dsn, target, source, rng)
         counts = await verdict(pg_dsn, target, source, error=error, load_id="run-1")
         record(
             "Arrow batches, pg_terminate_backend at random, poison 1.00% (NUL, CHECK, varchar)",
-            f"{kills[0]} backends terminated",
-            source, counts, error, started, seed,
+            faults, source, counts, error, started, seed,
         )  # fmt: skip
-        assert kills[0] >= 1
-        if error is not None:
-            assert isinstance(error, EtlError), error
 
     asyncio.run(scenario())
