@@ -14,8 +14,12 @@ and noisy; only ratios measured together compare).
 
 Set ``ETL_ASSETS_BENCH_DSN`` to use an existing server; by default an embedded one is
 started with its default settings in a temporary folder. ``BENCH_WRITERS`` and
-``BENCH_BATCH_SIZE`` override the etl_assets paths' writers and batch size (defaults 3
-and 10,000, LoadSettings' defaults).
+``BENCH_BATCH_SIZE`` override the record paths' writers and batch size (by default the
+package's own: ``LoadSettings()``). The frame paths always run the package's defaults.
+
+    .venv/bin/python bench/run.py --sizes 1000000,15193596 \
+        --paths source_only,raw_copy,etl_arrow,etl_pandas,polars_write_database,pandas_to_sql \
+        --write docs/PERFORMANCE.md --block frames
 """
 
 from __future__ import annotations
@@ -137,7 +141,7 @@ async def _etl(
         schema=SCHEMA, table=TABLE, columns=columns_from_model(Event),
         primary_key=("data_date", "event_id"),
     )  # fmt: skip
-    quiet = _Quiet()
+    quiet, defaults = _Quiet(), LoadSettings()
     async with PostgresResource(dsn=dsn).pool() as pool:
         if plain:  # an existing plain table: publish is DELETE + INSERT ... SELECT
             await pool.execute(CREATE_PLAIN)
@@ -145,9 +149,9 @@ async def _etl(
         report = await load_partition(
             pool, target, DAY, records(n), load_id="bench", model=model,
             settings=LoadSettings(
-                writers=int(os.environ.get("BENCH_WRITERS", "3")),
-                batch_size=int(os.environ.get("BENCH_BATCH_SIZE", "10000")),
-                queue_depth=int(os.environ.get("BENCH_QUEUE_DEPTH", "2")),
+                writers=int(os.environ.get("BENCH_WRITERS", defaults.writers)),
+                batch_size=int(os.environ.get("BENCH_BATCH_SIZE", defaults.batch_size)),
+                queue_depth=int(os.environ.get("BENCH_QUEUE_DEPTH", defaults.queue_depth)),
             ),
             log=quiet,
         )  # fmt: skip
@@ -306,6 +310,8 @@ async def read_stream(dsn: str, n: int) -> dict[str, Any]:
 
 async def read_pandas(dsn: str, n: int) -> dict[str, Any]:
     """The partition as one pandas DataFrame (COPY TO CSV, pyarrow's CSV reader)."""
+    import pandas  # noqa: F401  imported before the clock, as pandas_read_sql does
+
     from etl_assets.frames import InputShape, convert_table
     from etl_assets.postgres.reader import read_arrow
     from etl_assets.postgres.resource import PostgresResource
@@ -513,6 +519,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--write", type=Path, help="replace the results block of this markdown file"
     )
+    parser.add_argument(
+        "--block", default="bench", help="with --write: which <!-- NAME:begin --> block"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--rows", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -546,12 +555,12 @@ def main(argv: list[str] | None = None) -> int:
             server.release()
     print(table)
     if args.write:
-        _replace_block(args.write, table)
+        _replace_block(args.write, table, args.block)
     return 0
 
 
-def _replace_block(path: Path, table: str) -> None:
-    begin, end = "<!-- bench:begin -->", "<!-- bench:end -->"
+def _replace_block(path: Path, table: str, block: str) -> None:
+    begin, end = f"<!-- {block}:begin -->", f"<!-- {block}:end -->"
     text = path.read_text() if path.exists() else f"{begin}\n{end}\n"
     if begin not in text:
         text += f"\n{begin}\n{end}\n"

@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import io
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+import threading
+from collections.abc import Coroutine, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -29,6 +30,8 @@ from etl_assets.postgres.sql import column_list, quote_ident
 from etl_assets.postgres.target import TableTarget
 
 __all__ = ["PartitionStream", "read_arrow", "read_dicts", "select_partitions"]
+
+T = TypeVar("T")
 
 
 def select_partitions(target: TableTarget, days: Sequence[dt.date] | None) -> tuple[str, list[Any]]:
@@ -120,18 +123,18 @@ class PartitionStream(Iterable[Any]):
 
     def __iter__(self) -> Iterator[Any]:
         pa = require_pyarrow("a PartitionStream input")
-        with asyncio.Runner() as runner:
-            conn = runner.run(self._connect())
+        with _LoopThread() as loop:
+            conn = loop.run(self._connect())
             try:
-                types = runner.run(_arrow_types(pa, conn, self._target))
-                cursor = runner.run(self._open_cursor(conn))
+                types = loop.run(_arrow_types(pa, conn, self._target))
+                cursor = loop.run(self._open_cursor(conn))
                 names = list(self._target.row_columns)
-                while rows := runner.run(cursor.fetch(self.batch_size)):
+                while rows := loop.run(cursor.fetch(self.batch_size)):
                     yield _batch(pa, rows, names, types)
             except asyncpg.UndefinedTableError:
                 raise _missing_table(self._target, self._owner) from None
             finally:
-                runner.run(_close(conn))
+                loop.run(_close(conn))
 
     async def _connect(self) -> asyncpg.Connection:
         return await asyncpg.connect(self._dsn, server_settings={"application_name": "etl_assets"})
@@ -140,6 +143,30 @@ class PartitionStream(Iterable[Any]):
         sql, args = select_partitions(self._target, self._days)
         await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         return await conn.cursor(sql, *args)
+
+
+class _LoopThread:
+    """An event loop on a thread of its own, for a stream consumed by synchronous code.
+
+    The consumer may itself run inside an event loop (an ``async def`` asset), where a
+    loop of our own in the same thread cannot run; a thread works either way.
+    """
+
+    def __enter__(self) -> _LoopThread:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="etl-assets-stream", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def __exit__(self, *exc: object) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
 
 
 def _batch(

@@ -92,3 +92,15 @@ def test_a_stream_of_a_table_not_yet_loaded_names_the_asset(pg_dsn: str, schema:
     with pytest.raises(ConfigurationError, match="materialize asset events first"):
         list(stream)
     assert asyncio.run(our_connections(pg_dsn)) == 0
+
+
+def test_a_stream_can_be_read_from_inside_a_running_event_loop(pg_dsn: str, schema: str) -> None:
+    """An async def asset iterating its stream: the stream's loop runs on its own thread."""
+    target = events_target(schema)
+    asyncio.run(load(pg_dsn, target, records(1_500)))
+
+    async def consume() -> list[int]:
+        return [b.num_rows for b in PartitionStream(pg_dsn, target, [DAY], "e", batch_size=1_000)]
+
+    assert asyncio.run(consume()) == [1_000, 500]
+    assert asyncio.run(our_connections(pg_dsn)) == 0
