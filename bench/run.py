@@ -239,7 +239,15 @@ def arrow_events(n: int) -> Any:
     })  # fmt: skip
 
 
-async def _etl_frame(dsn: str, frame: Any) -> dict[str, Any]:
+class CheckedEvent(Event):
+    """The same fields with one constraint: the frame path must validate it with pydantic."""
+
+    amount: float = pydantic.Field(ge=0)
+
+
+async def _etl_frame(
+    dsn: str, frame: Any, model: type[pydantic.BaseModel] = Event
+) -> dict[str, Any]:
     from etl_assets.frames import classify_output
     from etl_assets.postgres.loader import LoadSettings, load_partition
     from etl_assets.postgres.resource import PostgresResource
@@ -252,7 +260,7 @@ async def _etl_frame(dsn: str, frame: Any) -> dict[str, Any]:
     async with PostgresResource(dsn=dsn).pool() as pool:
         started = time.perf_counter()
         report = await load_partition(
-            pool, target, DAY, classify_output(frame, "bench"), load_id="bench", model=Event,
+            pool, target, DAY, classify_output(frame, "bench"), load_id="bench", model=model,
             settings=LoadSettings(), log=_Quiet(),
         )  # fmt: skip
         seconds = time.perf_counter() - started
@@ -262,6 +270,11 @@ async def _etl_frame(dsn: str, frame: Any) -> dict[str, Any]:
 async def etl_arrow(dsn: str, n: int) -> dict[str, Any]:
     """etl_assets handed a pyarrow.Table: vectorised validation, binary COPY, all guarantees."""
     return await _etl_frame(dsn, arrow_events(n))
+
+
+async def etl_arrow_pydantic(dsn: str, n: int) -> dict[str, Any]:
+    """The same table with a constrained model (Field(ge=0)): pydantic validates every row."""
+    return await _etl_frame(dsn, arrow_events(n), CheckedEvent)
 
 
 async def etl_pandas(dsn: str, n: int) -> dict[str, Any]:
@@ -358,6 +371,7 @@ PATHS: dict[str, Callable[[str, int], Any]] = {
     "pandas_to_sql": pandas_to_sql,
     "dlt_postgres": dlt_postgres,
     "etl_arrow": etl_arrow,
+    "etl_arrow_pydantic": etl_arrow_pydantic,
     "etl_pandas": etl_pandas,
     "polars_write_database": polars_write_database,
     "read_stream": read_stream,

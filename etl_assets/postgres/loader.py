@@ -30,7 +30,7 @@ from etl_assets.errors import CircuitBreakerOpenError, ConfigurationError, EtlEr
 from etl_assets.postgres.arrow_copy import ArrowRows, column_types
 from etl_assets.postgres.ledger import LedgerTables, PartitionTotals
 from etl_assets.postgres.publish import StagedPublisher, TargetKind, audit, inspect_target
-from etl_assets.postgres.retry import RetryPolicy, classified, connection, retrying
+from etl_assets.postgres.retry import RetryPolicy, with_retries
 from etl_assets.postgres.target import TableTarget, WriteMode
 from etl_assets.postgres.writer import BatchResult, BatchWriter, Log, PreparedBatch, batch_digest
 from etl_assets.records import (
@@ -273,26 +273,26 @@ async def _prepare(
     Also reads the staging table's column types: a columnar load casts to what the
     table really holds, which may predate the model.
     """
-    async for attempt in retrying(retry):
-        with attempt, classified():
-            async with connection(pool) as conn, conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", _DDL_LOCK)
-                await ensure_ledger(conn, ledger)
-                await conn.execute(target.create_table_sql())
-                kind = await inspect_target(conn, target)
-                status = await conn.fetchval(ledger.select_load(), *key)
-                if status in ("published", "complete"):
-                    raise FatalError(
-                        f"{key[0]} partition {key[1]}: load {key[2]!r} already finished "
-                        f"({status}); a new load needs a new load id (see resolve_load_id)"
-                    )
-                await publisher.prepare(conn)
-                await conn.execute(
-                    ledger.begin_load(), *key, target.mode.value, publisher.staging_table
+
+    async def prepare(conn: asyncpg.Connection) -> tuple[TargetKind, dict[str, str]]:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _DDL_LOCK)
+            await ensure_ledger(conn, ledger)
+            await conn.execute(target.create_table_sql())
+            kind = await inspect_target(conn, target)
+            status = await conn.fetchval(ledger.select_load(), *key)
+            if status in ("published", "complete"):
+                raise FatalError(
+                    f"{key[0]} partition {key[1]}: load {key[2]!r} already finished "
+                    f"({status}); a new load needs a new load id (see resolve_load_id)"
                 )
-                types = await column_types(conn, *publisher.staging)
-            return kind, types
-    raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
+            await publisher.prepare(conn)
+            await conn.execute(
+                ledger.begin_load(), *key, target.mode.value, publisher.staging_table
+            )
+            return kind, await column_types(conn, *publisher.staging)
+
+    return await with_retries(pool, retry, prepare)
 
 
 async def ensure_ledger(conn: asyncpg.Connection, ledger: LedgerTables) -> None:
@@ -446,19 +446,19 @@ async def _finish(
     settings: LoadSettings,
 ) -> PartitionTotals:
     """Audit against the ledger, then publish (replace) or mark complete (upsert)."""
-    async for attempt in retrying(settings.retry):
-        with attempt, classified():
-            async with connection(pool) as conn:
-                totals = await audit(
-                    conn,
-                    ledger,
-                    key,
-                    expected_enqueued=progress.enqueued,
-                    expected_batches=progress.batches_cut,
-                )
-                await publisher.publish(conn, kind, totals)
-                return totals
-    raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
+
+    async def finish(conn: asyncpg.Connection) -> PartitionTotals:
+        totals = await audit(
+            conn,
+            ledger,
+            key,
+            expected_enqueued=progress.enqueued,
+            expected_batches=progress.batches_cut,
+        )
+        await publisher.publish(conn, kind, totals)
+        return totals
+
+    return await with_retries(pool, settings.retry, finish)
 
 
 MARK_FAILED_BUDGET_S = 30.0
@@ -473,10 +473,7 @@ async def mark_load_failed(
     policy = RetryPolicy(timeout_s=MARK_FAILED_BUDGET_S, wait_max_s=2.0)
     try:
         async with asyncio.timeout(MARK_FAILED_BUDGET_S + 5):
-            async for attempt in retrying(policy):
-                with attempt, classified():
-                    async with connection(pool) as conn:
-                        await conn.execute(ledger.fail_load(), *key)
+            await with_retries(pool, policy, lambda conn: conn.execute(ledger.fail_load(), *key))
     except (EtlError, TimeoutError, asyncio.CancelledError) as exc:
         log.warning("%s partition %s: could not mark the load failed: %r", key[0], key[1], exc)
 

@@ -30,7 +30,7 @@ import pydantic
 from etl_assets.errors import ConfigurationError, FatalError, LoadIntegrityError
 from etl_assets.postgres.ledger import LedgerTables
 from etl_assets.postgres.loader import LoadSettings, ensure_ledger, mark_load_failed
-from etl_assets.postgres.retry import classified, connection, retrying
+from etl_assets.postgres.retry import classified, connection, retrying, with_retries
 from etl_assets.postgres.target import TableTarget, WriteMode
 from etl_assets.postgres.verify import REPLAY_MODE, latest_load
 from etl_assets.postgres.writer import BatchWriter, Claim, Log, PreparedBatch, batch_digest
@@ -112,19 +112,19 @@ async def replay_dead_letters(
 async def _begin(
     pool: asyncpg.Pool, ledger: LedgerTables, key: tuple[str, str, str], settings: LoadSettings
 ) -> _Base:
-    async for attempt in retrying(settings.retry):
-        with attempt, classified():
-            async with connection(pool) as conn:
-                await ensure_ledger(conn, ledger)
-                base = await latest_load(conn, ledger, key[0], key[1])
-                if base is None:
-                    raise ConfigurationError(
-                        f"{key[0]} partition {key[1]} has no finished load to replay into; "
-                        "materialize the partition first (its dead letters come with it)"
-                    )
-                await conn.execute(ledger.begin_load(), *key, REPLAY_MODE, None)
-                return _Base(base["load_id"], base["finished_at"])
-    raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
+
+    async def begin(conn: asyncpg.Connection) -> _Base:
+        await ensure_ledger(conn, ledger)
+        base = await latest_load(conn, ledger, key[0], key[1])
+        if base is None:
+            raise ConfigurationError(
+                f"{key[0]} partition {key[1]} has no finished load to replay into; "
+                "materialize the partition first (its dead letters come with it)"
+            )
+        await conn.execute(ledger.begin_load(), *key, REPLAY_MODE, None)
+        return _Base(base["load_id"], base["finished_at"])
+
+    return await with_retries(pool, settings.retry, begin)
 
 
 async def _page(
@@ -143,15 +143,14 @@ async def _page(
           AND d.error_class <> ALL($3::text[]) AND d.id > $4 AND d.load_id <> $5
           AND (d.load_id = $6 OR (l.mode = $7 AND l.started_at > $8))
         ORDER BY d.id LIMIT $9"""
-    async for attempt in retrying(settings.retry):
-        with attempt, classified():
-            async with connection(pool) as conn:
-                rows: list[asyncpg.Record] = await conn.fetch(
-                    sql, key[0], key[1], list(NOT_REPLAYED), after, key[2],
-                    base.load_id, REPLAY_MODE, base.finished_at, settings.batch_size,
-                )  # fmt: skip
-                return rows
-    raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
+    args = (
+        key[0], key[1], list(NOT_REPLAYED), after, key[2],
+        base.load_id, REPLAY_MODE, base.finished_at, settings.batch_size,
+    )  # fmt: skip
+    rows: list[asyncpg.Record] = await with_retries(
+        pool, settings.retry, lambda conn: conn.fetch(sql, *args)
+    )
+    return rows
 
 
 def _batch(

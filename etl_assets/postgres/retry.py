@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import asyncpg
 import stamina
@@ -12,7 +13,16 @@ from asyncpg.exceptions import _base as pgbase
 
 from etl_assets.errors import RetryableError, classify
 
-__all__ = ["DRIVER_ERRORS", "RetryPolicy", "classified", "connection", "retrying"]
+__all__ = [
+    "DRIVER_ERRORS",
+    "RetryPolicy",
+    "classified",
+    "connection",
+    "retrying",
+    "with_retries",
+]
+
+T = TypeVar("T")
 
 # What asyncpg and the OS raise; everything else is a bug and propagates as it is.
 DRIVER_ERRORS: tuple[type[BaseException], ...] = (
@@ -55,6 +65,23 @@ def retrying(policy: RetryPolicy) -> AsyncIterator[stamina.Attempt]:
         wait_max=policy.wait_max_s,
         wait_jitter=policy.wait_jitter_s,
     )
+
+
+async def with_retries(
+    pool: asyncpg.Pool, policy: RetryPolicy, work: Callable[[asyncpg.Connection], Awaitable[T]]
+) -> T:
+    """``work(conn)`` on a fresh pooled connection per attempt, retried within ``policy``.
+
+    The one retry loop for a unit of database work (as stamina's ``RetryingCaller``):
+    driver errors are classified, transient ones retried, a connection that saw one is
+    discarded, and the last error is re-raised when the policy is spent. ``work`` must
+    be safe to run again (its own transaction, or idempotent).
+    """
+    async for attempt in retrying(policy):
+        with attempt, classified():
+            async with connection(pool) as conn:
+                return await work(conn)
+    raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
 
 
 @contextlib.contextmanager
