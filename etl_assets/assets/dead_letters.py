@@ -7,7 +7,6 @@ next to the assets that feed it.
 
 from typing import Any
 
-import asyncpg
 import dagster as dg
 
 from etl_assets.postgres.dead_letters import DeadLetterSummary, summarize_dead_letters
@@ -25,11 +24,8 @@ def dead_letter_queue(postgres: PostgresResource) -> dg.MaterializeResult:  # ty
     """
     ledger = LedgerTables(postgres.ledger_schema)
 
-    async def summarize(pool: asyncpg.Pool) -> DeadLetterSummary:
-        async with pool.acquire() as conn:
-            return await summarize_dead_letters(conn, ledger)
-
-    return dg.MaterializeResult(metadata=summary_metadata(postgres.run(summarize), ledger))
+    summary = postgres.retried(lambda conn: summarize_dead_letters(conn, ledger))
+    return dg.MaterializeResult(metadata=summary_metadata(summary, ledger))
 
 
 def summary_metadata(summary: DeadLetterSummary, ledger: LedgerTables) -> dict[str, Any]:

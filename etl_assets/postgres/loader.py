@@ -143,9 +143,15 @@ async def resolve_load_id(
     where it stopped, while re-executing a successful run loads the partition anew.
     """
     ledger = LedgerTables(ledger_schema)
-    async with pool.acquire() as conn:
+
+    async def status_of_root(conn: asyncpg.Connection) -> str | None:
         await ensure_ledger(conn, ledger)
-        status = await conn.fetchval(ledger.select_load(), target.name, day.isoformat(), root_id)
+        status: str | None = await conn.fetchval(
+            ledger.select_load(), target.name, day.isoformat(), root_id
+        )
+        return status
+
+    status = await with_retries(pool, RetryPolicy(), status_of_root)
     return fresh_id if status in ("published", "complete") else root_id
 
 

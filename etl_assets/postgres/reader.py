@@ -23,9 +23,10 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from etl_assets.errors import ConfigurationError
+from etl_assets.errors import ConfigurationError, FatalError
 from etl_assets.frames import require_pyarrow
 from etl_assets.postgres.arrow_copy import arrow_type, column_types
+from etl_assets.postgres.retry import RetryPolicy, with_retries
 from etl_assets.postgres.sql import column_list, quote_ident
 from etl_assets.postgres.target import TableTarget
 
@@ -56,11 +57,16 @@ async def read_dicts(
 ) -> list[dict[str, Any]]:
     """Rows of ``days`` (or of the whole table) as dicts, ordered by data date."""
     sql, args = select_partitions(target, days)
+
+    async def fetch(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+        return [dict(row) for row in await conn.fetch(sql, *args)]
+
     try:
-        async with pool.acquire() as conn:
-            return [dict(row) for row in await conn.fetch(sql, *args)]
-    except asyncpg.UndefinedTableError:
-        raise _missing_table(target, owner) from None
+        return await with_retries(pool, RetryPolicy(), fetch)
+    except FatalError as exc:
+        if isinstance(exc.__cause__, asyncpg.UndefinedTableError):
+            raise _missing_table(target, owner) from None
+        raise
 
 
 async def read_arrow(
@@ -71,14 +77,20 @@ async def read_arrow(
     from pyarrow import csv
 
     sql, args = select_partitions(target, days)
-    buffer = io.BytesIO()
+
+    async def copy_out(conn: asyncpg.Connection) -> tuple[dict[str, Any | None], io.BytesIO]:
+        buffer = io.BytesIO()  # a fresh one per attempt: a retry never appends to a torn read
+        types = await _arrow_types(pa, conn, target)
+        await conn.execute("SET TIME ZONE 'UTC'")
+        await conn.copy_from_query(sql, *args, output=buffer, format="csv", header=True)
+        return types, buffer
+
     try:
-        async with pool.acquire() as conn:
-            types = await _arrow_types(pa, conn, target)
-            await conn.execute("SET TIME ZONE 'UTC'")
-            await conn.copy_from_query(sql, *args, output=buffer, format="csv", header=True)
-    except asyncpg.UndefinedTableError:
-        raise _missing_table(target, owner) from None
+        types, buffer = await with_retries(pool, RetryPolicy(), copy_out)
+    except FatalError as exc:
+        if isinstance(exc.__cause__, asyncpg.UndefinedTableError):
+            raise _missing_table(target, owner) from None
+        raise
     buffer.seek(0)
     options = csv.ConvertOptions(
         column_types={name: t or pa.string() for name, t in types.items()},

@@ -21,7 +21,7 @@ from pydantic import Field, PrivateAttr
 
 from etl_assets.errors import ConfigurationError, FatalError, RetryableError, classify
 from etl_assets.postgres.embedded import EmbeddedPostgres, default_data_dir
-from etl_assets.postgres.retry import DRIVER_ERRORS, RetryPolicy, retrying
+from etl_assets.postgres.retry import DRIVER_ERRORS, RetryPolicy, retrying, with_retries
 
 __all__ = ["ConnectionFailedError", "PostgresResource", "redact_dsn", "run_sync"]
 
@@ -138,6 +138,15 @@ class PostgresResource(dg.ConfigurableResource):  # type: ignore[type-arg]
                 return await work(pool)
 
         return run_sync(main)
+
+    def retried(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """``work(conn)`` retried on transient errors like a load's (``with_retries``).
+
+        For every database touch outside the load: checks, sensors, the dead-letter
+        asset, reads. A lost COMMIT reply or a restart must not fail a good partition's
+        check. ``work`` must be safe to run again (a read, or its own transaction).
+        """
+        return self.run(lambda pool: with_retries(pool, RetryPolicy(), work))
 
     @contextlib.asynccontextmanager
     async def pool(self, **overrides: Any) -> AsyncIterator[asyncpg.Pool]:
