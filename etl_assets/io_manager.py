@@ -40,6 +40,10 @@ __all__ = [
 ]
 
 IO_MANAGER_KEY = "postgres_io_manager"
+BACKFILL_CHUNK = 31
+"""Partitions per backfill run: a wide backfill pays one run's start-up (process, code
+load, resources) per chunk instead of per partition, and a run's memory is bounded by
+the chunk (a downstream input holds at most this many partitions), not by the backfill."""
 
 PartitionRecords = dict[str, Any]
 """What an asset may return: ``{partition_key: records}``, records being a list or an
@@ -52,10 +56,11 @@ def postgres_asset(
 ) -> Callable[[Callable[..., Any]], dg.AssetsDefinition]:
     """``@dg.asset`` for a table written by the IO manager, with this package's defaults.
 
-    One partition per backfill run (each gets its own check result), the table's
+    Backfills run in chunks of ``BACKFILL_CHUNK`` partitions (each partition still gets
+    its own load, ledger, materialization event and check results), the table's
     metadata, the ``postgres`` pool and IO manager; any ``dg.asset`` argument overrides.
     """
-    kwargs.setdefault("backfill_policy", dg.BackfillPolicy.multi_run(1))
+    kwargs.setdefault("backfill_policy", dg.BackfillPolicy.multi_run(BACKFILL_CHUNK))
     kwargs.setdefault("io_manager_key", IO_MANAGER_KEY)
     kwargs.setdefault("pool", "postgres")
     kwargs.setdefault("kinds", {"postgres"})
