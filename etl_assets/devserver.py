@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import urllib.parse
+from collections.abc import Mapping
 from pathlib import Path
 
 import asyncpg
@@ -30,13 +31,14 @@ from etl_assets.paths import home
 from etl_assets.postgres.embedded import EmbeddedPostgres, default_data_dir
 from etl_assets.postgres.resource import redact_dsn
 
-__all__ = ["ensure_database", "main", "sample_days", "with_database"]
+__all__ = ["ensure_database", "main", "sample_days", "with_database", "write_env_file"]
 
 DAGSTER_DB = "dagster"
 SAMPLE_DAYS = 14
 ENV_FILE = "env.sh"
 CLI_ENV = (
     "DAGSTER_HOME",
+    "ETL_ASSETS_HOME",
     "ETL_ASSETS_PG_DSN",
     "DAGSTER_PG_URL",
     "ETL_ASSETS_DAGSTER_DIR",
@@ -50,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     project = Path.cwd()
     os.environ.setdefault("DAGSTER_HOME", str(project))  # dagster.yaml lives here
+    os.environ.setdefault("ETL_ASSETS_HOME", str(home()))
     os.environ.setdefault("ETL_ASSETS_DAGSTER_DIR", str(home() / "dagster"))
     os.environ.setdefault("ETL_ASSETS_COMPUTE_LOGS_DIR", str(home() / "dagster" / "logs"))
     _ensure_sample_landing()
@@ -100,18 +103,23 @@ def _announce(env_file: Path) -> None:
     ``.etl_assets`` is git-ignored and the file is readable by its owner only); the
     terminal only ever shows them redacted.
     """
-    print(
-        f"etl-assets-dev: data     ETL_ASSETS_PG_DSN={redact_dsn(os.environ['ETL_ASSETS_PG_DSN'])}"
-    )
-    print(f"etl-assets-dev: dagster  DAGSTER_PG_URL={redact_dsn(os.environ['DAGSTER_PG_URL'])}")
-    line = "export " + " ".join(
-        f"{name}={shlex.quote(os.environ[name])}" for name in CLI_ENV if os.environ.get(name)
-    )
-    env_file.parent.mkdir(parents=True, exist_ok=True)
-    env_file.touch(mode=0o600)
-    env_file.write_text(line + "\n")
+    data_dsn, dagster_url = os.environ["ETL_ASSETS_PG_DSN"], os.environ["DAGSTER_PG_URL"]
+    print(f"etl-assets-dev: data     ETL_ASSETS_PG_DSN={redact_dsn(data_dsn)}")
+    print(f"etl-assets-dev: dagster  DAGSTER_PG_URL={redact_dsn(dagster_url)}")
+    write_env_file(env_file, os.environ)
     print(f"etl-assets-dev: for the Dagster CLI in another terminal: . {_relative(env_file)}")
     sys.stdout.flush()
+
+
+def write_env_file(path: Path, environ: Mapping[str, str]) -> str:
+    """Write the ``export`` line of the CLI's variables (those set in ``environ``)."""
+    line = "export " + " ".join(
+        f"{name}={shlex.quote(environ[name])}" for name in CLI_ENV if environ.get(name)
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(line + "\n")
+    return line
 
 
 def _relative(path: Path) -> str:
