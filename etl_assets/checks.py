@@ -6,24 +6,28 @@
 * ``no_duplicate_keys`` (blocking): no primary key occurs twice in the partition.
 * ``dead_letter_rate`` (warning): the share of dead-lettered records stays under a limit.
 
-A blocking check that fails stops downstream assets in the same run; for runs started by
-sensors or automation, downstream assets also wait on
-``AutomationCondition.all_deps_blocking_checks_passed()``.
-
-Partitioned checks are a preview in Dagster 1.13: a run of one partition records a
-result for that partition, but a single-run range backfill records ONE result without a
-partition. So the checks verify every partition of the run and fail if any fails,
-naming it; the example assets default to one partition per run.
+Each check records one evaluation PER PARTITION of its run (``check_events.py``):
+a run of one partition, a range run of a backfill chunk, a schedule tick, a sensor
+request or the CLI all leave every partition its own Passed/Failed in the check's
+Partitions tab. A blocking check that fails any partition fails its step, so downstream
+assets of that run do not run; across runs, downstream assets also wait on
+``AutomationCondition.all_deps_blocking_checks_passed()``, per partition.
 """
 
 import datetime as dt
 import warnings
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg
 import dagster as dg
 
+from etl_assets.check_events import (
+    check_output,
+    latest_materializations,
+    partition_evaluation,
+)
 from etl_assets.io_manager import data_date
 from etl_assets.postgres.ledger import LedgerTables
 from etl_assets.postgres.resource import PostgresResource
@@ -66,13 +70,18 @@ def partition_checks(
     ) -> _Finding:
         audit = await audit_partition(conn, ledger, target, day)
         ratio = audit.dead_letter_ratio
-        numbers = {"dead_lettered": audit.dead_lettered, "enqueued": audit.enqueued}
+        numbers = {
+            "dead_lettered": audit.dead_lettered,
+            "enqueued": audit.enqueued,
+            "dead_letter_ratio": ratio,
+            "limit": max_dead_letter_ratio,
+        }
         problems = []
         if ratio > max_dead_letter_ratio:
             problems.append(
                 f"{ratio:.2%} of records dead-lettered (limit {max_dead_letter_ratio:.2%})"
             )
-        return _Finding(audit.partition_key, {**numbers, "dead_letter_ratio": ratio}, problems)
+        return _Finding(audit.partition_key, numbers, problems)
 
     async def unique(
         conn: asyncpg.Connection, ledger: LedgerTables, target: TableTarget, day: dt.date
@@ -82,13 +91,18 @@ def partition_checks(
         problems = [f"{repeated} key(s) ({key_name}) occur more than once"] if repeated else []
         return _Finding(day.isoformat(), {"duplicate_keys": repeated}, problems)
 
+    descriptions = {
+        **_DESCRIPTIONS,
+        "dead_letter_rate": f"At most {max_dead_letter_ratio:.2%} of the partition's records "
+        "are dead-lettered (warning only: it does not block downstream assets).",
+    }
     specs = [
         ("written_equals_enqueued", True, dg.AssetCheckSeverity.ERROR, accounted),
         ("no_duplicate_keys", True, dg.AssetCheckSeverity.ERROR, unique),
         ("dead_letter_rate", False, dg.AssetCheckSeverity.WARN, rate),
     ]
     return [
-        _check(asset, target, name, blocking, severity, inspect)
+        _check(asset, target, name, blocking, severity, inspect, descriptions[name])
         for name, blocking, severity, inspect in specs
     ]
 
@@ -100,29 +114,50 @@ def _check(
     blocking: bool,
     severity: dg.AssetCheckSeverity,
     inspect: Inspect,
+    description: str,
 ) -> dg.AssetChecksDefinition:
     with warnings.catch_warnings():  # partitioned checks: preview in Dagster 1.13 (see above)
         warnings.simplefilter("ignore", dg.PreviewWarning)
 
-        @dg.asset_check(
+        @dg.asset_check(  # type: ignore[arg-type]  # yields evaluations: see check_events.py
             asset=asset.key,
             name=name,
             blocking=blocking,
             partitions_def=asset.partitions_def,
             pool="postgres",
-            description=_DESCRIPTIONS[name],
+            description=description,
         )
         def check(
             context: dg.AssetCheckExecutionContext, postgres: PostgresResource
-        ) -> dg.AssetCheckResult:
-            days = [data_date(k) for k in _partition_keys(context)]
+        ) -> Iterator[Any]:
+            keys = _partition_keys(context)
+            days = [data_date(k) for k in keys]
             ledger = LedgerTables(postgres.ledger_schema)
 
             async def run(pool: asyncpg.Pool) -> list[_Finding]:
                 async with pool.acquire() as conn:
                     return [await inspect(conn, ledger, target, day) for day in days]
 
-            return _result(postgres.run(run), severity)
+            findings = postgres.run(run)
+            targets = latest_materializations(context.instance, asset.key, keys)
+            check_key = dg.AssetCheckKey(asset.key, name)
+            evaluations = [
+                partition_evaluation(
+                    check_key,
+                    finding.partition_key,
+                    passed=not finding.problems,
+                    blocking=blocking,
+                    severity=severity,
+                    metadata=finding.numbers,
+                    description=_describe(finding),
+                    targets=targets,
+                )
+                for finding in findings
+            ]
+            failing = [f.partition_key for f in findings if f.problems]
+            if failing:
+                context.log.warning(f"{name} failed for partition(s) {', '.join(failing)}")
+            yield from check_output(evaluations)
 
     return check
 
@@ -131,7 +166,6 @@ _DESCRIPTIONS = {
     "written_equals_enqueued": "Ledger and table agree for the partition: enqueued == written "
     "+ dead-lettered, and the table holds exactly the rows written (plus replayed).",
     "no_duplicate_keys": "No primary key occurs twice in the partition.",
-    "dead_letter_rate": "The share of dead-lettered records stays under the limit.",
 }
 
 
@@ -143,25 +177,6 @@ def _partition_keys(context: dg.AssetCheckExecutionContext) -> list[str]:
     )
 
 
-def _result(findings: list[_Finding], severity: dg.AssetCheckSeverity) -> dg.AssetCheckResult:
-    """One result: the partition's numbers, or totals over a range naming what failed."""
-    failing = [f for f in findings if f.problems]
-    if len(findings) == 1:
-        metadata: dict[str, int | float | str] = {**findings[0].numbers}
-    else:
-        metadata = {
-            name: sum(f.numbers[name] for f in findings)
-            for name in findings[0].numbers
-            if name != "dead_letter_ratio"
-        }
-        metadata["partitions_checked"] = len(findings)
-        metadata["failing_partitions"] = ", ".join(f.partition_key for f in failing)
-    first, last = findings[0].partition_key, findings[-1].partition_key
-    metadata["partition"] = first if first == last else f"{first}..{last}"
-    description = "; ".join(f"{f.partition_key}: {p}" for f in failing for p in f.problems)
-    return dg.AssetCheckResult(
-        passed=not failing,
-        severity=severity,
-        metadata=metadata,
-        description=description[:DESCRIPTION_LIMIT] or None,
-    )
+def _describe(finding: _Finding) -> str | None:
+    """What failed in the partition, bounded so a huge finding cannot flood the event log."""
+    return "; ".join(finding.problems)[:DESCRIPTION_LIMIT] or None

@@ -19,7 +19,7 @@ from etl_assets.jobs import build_replay_job
 from etl_assets.partitions import daily
 from etl_assets.postgres.resource import PostgresResource
 from etl_assets.schedules import daily_logs_job, daily_logs_schedule
-from etl_assets.sensors import dead_letter_sensor, run_failure_alert
+from etl_assets.sensors import automation_sensor, dead_letter_sensor, run_failure_alert
 
 __all__ = ["DSN_ENV", "daily", "defs", "postgres_resource", "resources"]
 
@@ -50,6 +50,10 @@ defs = dg.Definitions(
     asset_checks=[check for asset in LOADED_ASSETS for check in partition_checks(asset)],
     jobs=[daily_logs_job, build_replay_job(LOADED_ASSETS)],
     schedules=[daily_logs_schedule],
-    sensors=[dead_letter_sensor, run_failure_alert],
+    sensors=[dead_letter_sensor, run_failure_alert, automation_sensor],
     resources=resources(),
+    # Steps of a run execute one after another in the run's process: on a few cores the
+    # parallelism is the concurrent runs (dagster.yaml); a process per step would pay
+    # Python + Dagster + code start-up (~2 s) for every check of every chunk.
+    executor=dg.in_process_executor,
 )

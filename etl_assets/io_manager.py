@@ -37,9 +37,14 @@ __all__ = [
     "data_date",
     "load_report_metadata",
     "postgres_asset",
+    "record_load_metadata",
 ]
 
 IO_MANAGER_KEY = "postgres_io_manager"
+BACKFILL_CHUNK = 31
+"""Partitions per backfill run: a wide backfill pays one run's start-up (process, code
+load, resources) per chunk instead of per partition, and a run's memory is bounded by
+the chunk (a downstream input holds at most this many partitions), not by the backfill."""
 
 PartitionRecords = dict[str, Any]
 """What an asset may return: ``{partition_key: records}``, records being a list or an
@@ -52,10 +57,11 @@ def postgres_asset(
 ) -> Callable[[Callable[..., Any]], dg.AssetsDefinition]:
     """``@dg.asset`` for a table written by the IO manager, with this package's defaults.
 
-    One partition per backfill run (each gets its own check result), the table's
+    Backfills run in chunks of ``BACKFILL_CHUNK`` partitions (each partition still gets
+    its own load, ledger, materialization event and check results), the table's
     metadata, the ``postgres`` pool and IO manager; any ``dg.asset`` argument overrides.
     """
-    kwargs.setdefault("backfill_policy", dg.BackfillPolicy.multi_run(1))
+    kwargs.setdefault("backfill_policy", dg.BackfillPolicy.multi_run(BACKFILL_CHUNK))
     kwargs.setdefault("io_manager_key", IO_MANAGER_KEY)
     kwargs.setdefault("pool", "postgres")
     kwargs.setdefault("kinds", {"postgres"})
@@ -122,7 +128,7 @@ class ResilientPostgresIOManager(dg.ConfigurableIOManager):
             return reports
 
         reports = self.postgres.run(load_all)
-        context.add_output_metadata(load_report_metadata(reports))
+        record_load_metadata(context, reports)
 
     def load_input(self, context: dg.InputContext) -> Any:
         """The upstream rows of the input's partitions (all rows if it has none).
@@ -212,40 +218,36 @@ def _run_ids(context: dg.OutputContext) -> tuple[str, str]:
     return run.root_run_id or run.run_id, run.run_id
 
 
-def load_report_metadata(reports: Sequence[LoadReport]) -> dict[str, Any]:
-    """Numbers the UI plots across partitions; a multi-partition run reports totals."""
-    if len(reports) == 1:
-        [report] = reports
-        return {
-            "enqueued": report.enqueued,
-            "written": report.written,
-            "dead_lettered": report.dead_lettered,
-            "batches": report.batches,
-            "batches_resumed": report.batches_resumed,
-            "retries": report.retries,
-            "rows_per_s": round(report.rows_per_s, 1),
-            "elapsed_s": round(report.elapsed_s, 3),
-            "publish_s": round(report.publish_s, 3),
-            "load_id": report.load_id,
-            "table": report.target,
-            "mode": report.mode,
-            "dagster/row_count": report.written,
-        }
-    lines = [
-        "| partition | enqueued | written | dead-lettered | retries |",
-        "|---|---|---|---|---|",
-    ]
-    lines += [
-        f"| {r.partition_key} | {r.enqueued} | {r.written} | {r.dead_lettered} | {r.retries} |"
-        for r in reports
-    ]
+def record_load_metadata(context: dg.OutputContext, reports: Sequence[LoadReport]) -> None:
+    """Each partition's own numbers on its own materialization event.
+
+    Output metadata is copied onto every partition's event of a multi-partition run, so
+    totals there would plot as the same bar for every partition; partition-scoped asset
+    metadata gives the Partitions plot (enqueued, written, dead_lettered, rows_per_s by
+    partition) one true point per partition, whatever the run's shape.
+    """
+    for report in reports:
+        context.step_context.add_asset_metadata(
+            load_report_metadata(report),
+            asset_key=context.asset_key,
+            partition_key=report.partition_key,
+        )
+
+
+def load_report_metadata(report: LoadReport) -> dict[str, Any]:
+    """The numbers of one partition's load, as materialization metadata."""
     return {
-        "partitions_loaded": len(reports),
-        "enqueued_total": sum(r.enqueued for r in reports),
-        "written_total": sum(r.written for r in reports),
-        "dead_lettered_total": sum(r.dead_lettered for r in reports),
-        "retries_total": sum(r.retries for r in reports),
-        "elapsed_s_total": round(sum(r.elapsed_s for r in reports), 3),
-        "table": reports[0].target if reports else "",
-        "per_partition": dg.MetadataValue.md("\n".join(lines)),
+        "enqueued": report.enqueued,
+        "written": report.written,
+        "dead_lettered": report.dead_lettered,
+        "batches": report.batches,
+        "batches_resumed": report.batches_resumed,
+        "retries": report.retries,
+        "rows_per_s": round(report.rows_per_s, 1),
+        "elapsed_s": round(report.elapsed_s, 3),
+        "publish_s": round(report.publish_s, 3),
+        "load_id": report.load_id,
+        "table": report.target,
+        "mode": report.mode,
+        "dagster/row_count": report.written,
     }

@@ -18,9 +18,21 @@ from etl_assets.postgres.dead_letters import DeadLetterSummary, summarize_dead_l
 from etl_assets.postgres.ledger import LedgerTables
 from etl_assets.postgres.resource import PostgresResource
 
-__all__ = ["dead_letter_sensor", "failure_alert", "run_failure_alert"]
+__all__ = ["automation_sensor", "dead_letter_sensor", "failure_alert", "run_failure_alert"]
 
 alerts = logging.getLogger("etl_assets.alerts")
+
+# Dagster's implicit default_automation_condition_sensor starts STOPPED, so
+# ``all_deps_blocking_checks_passed()`` on daily_metrics would never be evaluated on a
+# fresh checkout. Declaring it under the same name, running, makes the automation
+# conditions work out of the box; turn it off under Automation like any sensor.
+automation_sensor = dg.AutomationConditionSensorDefinition(
+    "default_automation_condition_sensor",
+    target=dg.AssetSelection.all(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Evaluates the assets' automation conditions (daily_metrics: eager, once "
+    "the upstream partition's blocking checks passed).",
+)
 
 
 @dg.sensor(

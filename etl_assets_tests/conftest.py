@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,6 +45,15 @@ def schema(pg_dsn: str) -> Iterator[str]:
     name = f'etl test "{uuid.uuid4().hex[:8]}"'
     yield name
     asyncio.run(execute(pg_dsn, f"DROP SCHEMA IF EXISTS {quote_ident(name)} CASCADE"))
+
+
+@pytest.fixture
+def db_dsn(pg_dsn: str) -> Iterator[str]:
+    """A database of its own for the test (the example tables live in ``public``)."""
+    name = f"etl_{uuid.uuid4().hex[:10]}"
+    asyncio.run(execute(pg_dsn, f'CREATE DATABASE "{name}"'))
+    yield urllib.parse.urlsplit(pg_dsn)._replace(path=f"/{name}").geturl()
+    asyncio.run(execute(pg_dsn, f'DROP DATABASE "{name}" WITH (FORCE)'))
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

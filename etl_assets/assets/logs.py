@@ -98,6 +98,10 @@ def raw_logs(context: dg.AssetExecutionContext, config: RawLogsConfig) -> Partit
     DAILY_METRICS,
     partitions_def=daily,
     group_name="logs",
+    # The rows come from the IO manager, which built them; Dagster's check of the
+    # annotation would walk every dict of every row (6 s per 62,000 rows, a third of a
+    # 31-day backfill chunk), so the input is declared untyped for Dagster.
+    ins={"raw_logs": dg.AssetIn(dagster_type=dg.Any)},
     automation_condition=dg.AutomationCondition.eager()
     & dg.AutomationCondition.all_deps_blocking_checks_passed(),
 )

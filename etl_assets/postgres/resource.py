@@ -22,6 +22,7 @@ from pydantic import Field, PrivateAttr
 from etl_assets.errors import ConfigurationError, FatalError, RetryableError, classify
 from etl_assets.postgres.embedded import EmbeddedPostgres, default_data_dir
 from etl_assets.postgres.retry import DRIVER_ERRORS, RetryPolicy, retrying, with_retries
+from etl_assets.postgres.sql import quote_ident
 
 __all__ = ["ConnectionFailedError", "PostgresResource", "redact_dsn", "run_sync"]
 
@@ -208,12 +209,38 @@ async def _create_pool(dsn: str, options: dict[str, Any]) -> asyncpg.Pool:
         return await asyncpg.create_pool(dsn, **options)
     except DRIVER_ERRORS as exc:
         # from None: asyncpg's own message may quote the DSN, password included.
-        raise _redacted(classify(exc), dsn) from None
+        error = classify(exc)
+        raise _connect_hint(error, dsn) or _redacted(error, dsn) from None
     except (ValueError, OverflowError) as exc:  # asyncpg's DSN parser (a port past 65535)
         raise ConfigurationError(
             f"the PostgreSQL DSN is malformed ({type(exc).__name__}); expected "
             "postgresql://user:password@host:port/database"
         ) from None
+
+
+DSN_SOURCE = "ETL_ASSETS_PG_DSN (the dsn of PostgresResource)"
+
+
+def _connect_hint(error: Exception, dsn: str) -> ConfigurationError | None:
+    """A refused connection whose fix is in the DSN, said as such (by SQLSTATE, not text)."""
+    sqlstate = getattr(error, "sqlstate", None)
+    parts = urllib.parse.urlsplit(dsn) if "://" in dsn else None
+    where = redact_dsn(dsn)
+    if sqlstate == "3D000":  # invalid_catalog_name
+        name = parts.path.lstrip("/") if parts else "?"
+        return ConfigurationError(
+            f"database {name!r} does not exist on {where} [3D000]: fix the database name in "
+            f"{DSN_SOURCE}, or create it (CREATE DATABASE {quote_ident(name)})",
+            sqlstate=sqlstate,
+        )
+    if sqlstate in {"28P01", "28000"}:  # invalid_password, invalid_authorization_spec
+        user = (parts.username if parts else None) or "(none given)"
+        return ConfigurationError(
+            f"PostgreSQL at {where} refused user {user!r} [{sqlstate}]: fix the user or "
+            f"password in {DSN_SOURCE}, or the server's pg_hba.conf for this host",
+            sqlstate=sqlstate,
+        )
+    return None
 
 
 def _redacted(error: Exception, dsn: str) -> Exception:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import urllib.parse
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,20 +14,10 @@ from etl_assets import definitions
 from etl_assets.assets.logs import RawLogsConfig
 from etl_assets.landing import SampleDay, write_sample_day
 from etl_assets.postgres.resource import PostgresResource
-from etl_assets_tests.postgres.helpers import execute
 
 FIRST_DAY = dt.date(2024, 3, 1)
 DAYS = [FIRST_DAY + dt.timedelta(days=i) for i in range(7)]
 LINES_PER_DAY = 300
-
-
-@pytest.fixture
-def db_dsn(pg_dsn: str) -> Iterator[str]:
-    """A database of its own for the test (the example tables live in ``public``)."""
-    name = f"etl_{uuid.uuid4().hex[:10]}"
-    asyncio.run(execute(pg_dsn, f'CREATE DATABASE "{name}"'))
-    yield urllib.parse.urlsplit(pg_dsn)._replace(path=f"/{name}").geturl()
-    asyncio.run(execute(pg_dsn, f'DROP DATABASE "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(scope="session")

@@ -49,10 +49,11 @@ def test_rows_lost_behind_the_io_managers_back_fail_the_check_and_block_downstre
     ]  # fmt: skip
     written = LINES_PER_DAY - samples[DAYS[1]].malformed
     assert not check.passed
+    assert check.partition == day2
     assert check.metadata["written"].value == written
     assert check.metadata["in_table"].value == written - 5
     assert check.description == (
-        f"{day2}: 5 row(s) missing: the table holds {written - 5} rows for {day2}, "
+        f"5 row(s) missing: the table holds {written - 5} rows for {day2}, "
         f"the ledger accounts for {written}"
     )
     assert result.asset_materializations_for_node("daily_metrics") == []

@@ -12,9 +12,11 @@ import pytest
 
 from etl_assets import definitions
 from etl_assets.assets.logs import LOGS, daily_metrics, raw_logs
+from etl_assets.checks import partition_checks
 from etl_assets.jobs import build_replay_job
+from etl_assets.schedules import daily_logs_job, daily_logs_schedule
 from etl_assets.sensors import dead_letter_sensor, failure_alert
-from etl_assets_tests.dagster.conftest import DAYS, LINES_PER_DAY
+from etl_assets_tests.dagster.conftest import DAYS, LINES_PER_DAY, logs_config
 from etl_assets_tests.dagster.test_failures import run_with_database_down
 from etl_assets_tests.dagster.test_pipeline import Landing, materialize
 from etl_assets_tests.postgres.helpers import execute, fetch, partition_audit
@@ -168,7 +170,46 @@ def test_run_failure_sensor_builds_a_structured_alert(
     assert "s3cret-pw" not in json.dumps(alert)
 
 
-@pytest.mark.parametrize("name", ["dead_letter_sensor", "run_failure_alert"])
+@pytest.mark.parametrize(
+    "name", ["dead_letter_sensor", "run_failure_alert", "default_automation_condition_sensor"]
+)
 def test_sensors_run_by_default(name: str) -> None:
     sensor = definitions.defs.get_sensor_def(name)
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+
+
+def test_schedule_tick_run_records_each_check_under_its_partition(
+    resources: dict[str, Any], instance: dg.DagsterInstance, landing: Landing
+) -> None:
+    """The run a schedule tick requests leaves Passed results under that partition."""
+
+    context = dg.build_schedule_context(
+        instance=instance,
+        scheduled_execution_time=dt.datetime(2024, 3, 3, 0, 30, tzinfo=dt.UTC),
+        repository_def=definitions.defs.get_repository_def(),
+    )
+    schedule = definitions.defs.get_schedule_def(daily_logs_schedule.name)
+    [request] = schedule.evaluate_tick(context).run_requests or []
+    defs = dg.Definitions(
+        assets=[raw_logs, daily_metrics],
+        asset_checks=[*partition_checks(raw_logs), *partition_checks(daily_metrics)],
+        jobs=[daily_logs_job],
+        resources=resources,
+    )
+    result = defs.resolve_job_def("daily_logs").execute_in_process(
+        run_config=logs_config(landing[0]), instance=instance, tags=request.tags
+    )
+    assert result.success
+    keys = [
+        dg.AssetCheckKey(dg.AssetKey(asset), name)
+        for asset in ("raw_logs", "daily_metrics")
+        for name in ("written_equals_enqueued", "no_duplicate_keys", "dead_letter_rate")
+    ]
+    infos = instance.event_log_storage.get_asset_check_partition_info(keys)
+    assert sorted(
+        (i.check_key.asset_key.to_user_string(), i.check_key.name, i.partition_key,
+         i.latest_execution_status.value, i.is_current)
+        for i in infos
+    ) == sorted(
+        (k.asset_key.to_user_string(), k.name, "2024-03-02", "SUCCEEDED", True) for k in keys
+    )  # fmt: skip

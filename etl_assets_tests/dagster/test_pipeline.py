@@ -201,14 +201,28 @@ def test_seven_day_single_run_backfill_then_rerun_two_days(
     assert result.success
     mats = result.asset_materializations_for_node("raw_logs")
     assert sorted(m.partition for m in mats) == [d.isoformat() for d in DAYS]
-    assert mats[0].metadata["partitions_loaded"].value == 7
+    assert {m.partition: m.metadata["written"].value for m in mats} == {
+        d.isoformat(): LINES_PER_DAY - samples[d].malformed for d in DAYS
+    }
+    assert {m.partition: m.metadata["dead_lettered"].value for m in mats} == {
+        d.isoformat(): samples[d].malformed for d in DAYS
+    }
+    evaluations = {
+        (e.asset_key.to_user_string(), e.check_name, e.partition): e.passed
+        for e in result.get_asset_check_evaluations()
+    }
+    assert evaluations == {
+        (asset, check, d.isoformat()): True
+        for asset in ("raw_logs", "daily_metrics")
+        for check in ("written_equals_enqueued", "no_duplicate_keys", "dead_letter_rate")
+        for d in DAYS
+    }
     [check] = [
         e for e in result.get_asset_check_evaluations()
         if e.asset_key == raw_logs.key and e.check_name == "written_equals_enqueued"
+        and e.partition == DAYS[0].isoformat()
     ]  # fmt: skip
-    assert check.passed
-    assert check.metadata["partitions_checked"].value == 7
-    assert check.metadata["in_table"].value == 7 * (LINES_PER_DAY - 3)
+    assert check.metadata["in_table"].value == LINES_PER_DAY - samples[DAYS[0]].malformed
     rerun = run_range(resources, instance, folder, DAYS[2].isoformat(), DAYS[3].isoformat())
     assert rerun.success
     _assert_logs_exact(db_dsn, samples, DAYS)

@@ -1,0 +1,174 @@
+"""Backfills launched the way the UI launches them: an asset backfill run by the daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterator
+
+import dagster as dg
+import pytest
+from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+from dagster._core.test_utils import create_test_daemon_workspace_context
+from dagster._core.workspace.context import WorkspaceProcessContext
+from dagster._core.workspace.load_target import ModuleTarget
+from dagster._daemon.backfill import execute_backfill_iteration
+
+from etl_assets.io_manager import BACKFILL_CHUNK
+from etl_assets.postgres.ledger import LedgerTables
+from etl_assets.postgres.loader import ensure_ledger
+from etl_assets_tests.dagster.conftest import DAYS, LINES_PER_DAY
+from etl_assets_tests.dagster.test_pipeline import Landing
+from etl_assets_tests.postgres.helpers import fetch
+
+CHECK_NAMES = ("written_equals_enqueued", "no_duplicate_keys", "dead_letter_rate")
+ASSETS = (dg.AssetKey("raw_logs"), dg.AssetKey("daily_metrics"))
+Status = AssetCheckExecutionRecordStatus
+
+SABOTAGE = """
+CREATE FUNCTION public.drop_rows_after_publish() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.status = 'published' AND NEW.target = 'public.logs'
+            AND NEW.partition_key = '{day}' THEN
+        -- ctid repeats across the table's partitions: pin the day on both sides
+        DELETE FROM public.logs WHERE data_date = NEW.partition_key::date AND ctid IN (
+            SELECT ctid FROM public.logs WHERE data_date = NEW.partition_key::date LIMIT 5);
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER drop_rows_after_publish AFTER UPDATE ON etl.partition_loads
+    FOR EACH ROW EXECUTE FUNCTION public.drop_rows_after_publish();
+"""
+
+
+@pytest.fixture
+def workspace(
+    db_dsn: str, landing: Landing, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[WorkspaceProcessContext]:
+    """An instance whose runs execute in-process, and the daemon's view of the code."""
+    monkeypatch.setenv("ETL_ASSETS_PG_DSN", db_dsn)
+    monkeypatch.setenv("ETL_ASSETS_LANDING", str(landing[0]))
+    target = ModuleTarget(
+        module_name="etl_assets_tests.dagster.backfill_location",
+        attribute=None,
+        working_directory=None,
+        location_name="etl_assets",
+    )
+    with (
+        dg.instance_for_test(
+            synchronous_run_coordinator=True, synchronous_run_launcher=True
+        ) as instance,
+        create_test_daemon_workspace_context(target, instance) as context,
+    ):
+        yield context
+
+
+def run_asset_backfill(
+    context: WorkspaceProcessContext, partitions: list[str], *, timeout_s: float = 150
+) -> PartitionBackfill:
+    """What the Materialize dialog's "Launch backfill" does, then the daemon until it is done."""
+    instance = context.instance
+    backfill = PartitionBackfill.from_asset_partitions(
+        backfill_id="ui-style",
+        asset_graph=context.create_request_context().asset_graph,
+        partition_names=partitions,
+        asset_selection=list(ASSETS),
+        backfill_timestamp=time.time(),
+        tags={},
+        dynamic_partitions_store=instance,
+        all_partitions=False,
+        title=None,
+        description=None,
+        run_config=None,
+    )
+    instance.add_backfill(backfill)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        list(execute_backfill_iteration(context, logging.getLogger("backfill-test")))
+        done = instance.get_backfill(backfill.backfill_id)
+        assert done is not None
+        if done.status != BulkActionStatus.REQUESTED:
+            return done
+    raise AssertionError(f"backfill not finished after {timeout_s}s")
+
+
+def check_statuses(
+    instance: dg.DagsterInstance, asset: dg.AssetKey
+) -> dict[tuple[str, str | None], tuple[Status, bool]]:
+    """(check, partition) -> (latest status, is current) from Dagster's own records."""
+    keys = [dg.AssetCheckKey(asset, name) for name in CHECK_NAMES]
+    return {
+        (info.check_key.name, info.partition_key): (info.latest_execution_status, info.is_current)
+        for info in instance.event_log_storage.get_asset_check_partition_info(keys)
+    }
+
+
+def test_ui_asset_backfill_records_every_partition_check_and_blocks_the_failed_one(
+    db_dsn: str, workspace: WorkspaceProcessContext, landing: Landing
+) -> None:
+    """A UI-style backfill records each partition's checks; only the damaged day fails."""
+    assert len(DAYS) <= BACKFILL_CHUNK  # so the whole backfill is one run (one chunk)
+    bad = DAYS[3].isoformat()
+    asyncio.run(_prepare_sabotage(db_dsn, bad))
+    keys = [d.isoformat() for d in DAYS]
+
+    backfill = run_asset_backfill(workspace, keys)
+
+    instance = workspace.instance
+    assert backfill.status == BulkActionStatus.COMPLETED_FAILED
+    raw = check_statuses(instance, ASSETS[0])
+    assert raw == {
+        (name, key): (
+            Status.FAILED if (name, key) == ("written_equals_enqueued", bad) else Status.SUCCEEDED,
+            True,
+        )
+        for name in CHECK_NAMES
+        for key in keys
+    }
+    # one chunk (BACKFILL_CHUNK >= 7 partitions) = one run: the failed blocking check stops
+    # daily_metrics for that run, so no metrics at all, and its checks never ran
+    metrics = asyncio.run(fetch(db_dsn, "SELECT to_regclass('public.daily_metrics')"))
+    assert metrics[0][0] is None  # never written: its step did not run
+    assert instance.get_materialized_partitions(ASSETS[1]) == set()
+    assert check_statuses(instance, ASSETS[1]) == {  # planned in a failed run: "Skipped"
+        (name, key): (Status.PLANNED, True) for name in CHECK_NAMES for key in keys
+    }
+    runs = instance.get_runs(dg.RunsFilter(tags={"dagster/backfill": "ui-style"}))
+    assert [(r.tags.get("dagster/partition"), r.status) for r in runs] == [
+        (None, dg.DagsterRunStatus.FAILURE)
+    ]  # range tags only, as in the issue
+    logs = asyncio.run(
+        fetch(db_dsn, "SELECT data_date, count(*) FROM public.logs GROUP BY 1 ORDER BY 1")
+    )
+    assert [(d.isoformat(), n) for d, n in logs] == [
+        (key, LINES_PER_DAY - 3 - (5 if key == bad else 0)) for key in keys
+    ]
+
+
+def test_ui_asset_backfill_of_healthy_days_passes_every_check_of_every_partition(
+    db_dsn: str, workspace: WorkspaceProcessContext
+) -> None:
+    """With nothing wrong, each check reads N Passed for N partitions, for both assets."""
+    keys = [d.isoformat() for d in DAYS]
+
+    backfill = run_asset_backfill(workspace, keys)
+
+    assert backfill.status == BulkActionStatus.COMPLETED_SUCCESS
+    for asset in ASSETS:
+        assert check_statuses(workspace.instance, asset) == {
+            (name, key): (Status.SUCCEEDED, True) for name in CHECK_NAMES for key in keys
+        }
+        assert workspace.instance.get_materialized_partitions(asset) == set(keys)
+
+
+async def _prepare_sabotage(dsn: str, day: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        await ensure_ledger(conn, LedgerTables())
+        await conn.execute(SABOTAGE.replace("{day}", day))
+    finally:
+        await conn.close()

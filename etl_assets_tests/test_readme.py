@@ -1,0 +1,174 @@
+"""README.md's commands and programs, run as written (or, for set-up lines, checked)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import decimal
+import os
+import re
+import subprocess
+import sys
+import tomllib
+import urllib.parse
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from etl_assets.devserver import write_env_file
+from etl_assets.landing import write_sample_day
+from etl_assets_tests.postgres.helpers import execute, fetch
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+BLOCKS = re.findall(r"^```(\w+)\n(.*?)^```", README, flags=re.S | re.M)
+BASH = [body for lang, body in BLOCKS if lang == "bash"]
+PYTHON = [body for lang, body in BLOCKS if lang == "python"]
+VENV_BIN = Path(sys.executable).parent
+
+
+def only(blocks: list[str], marker: str) -> str:
+    [block] = [b for b in blocks if marker in b]
+    return block
+
+
+def test_every_runnable_block_is_covered_here() -> None:
+    """Each bash and python block of the README is one this module runs or checks."""
+    markers = ["etl-assets-dev\n", ".venv/bin/pytest", "etl-assets-sample-data", "env.sh"]
+    assert sorted(sum(m in b for m in markers) for b in BASH) == [1, 1, 1, 1]
+    assert len(BASH) == 4
+    assert len(PYTHON) == 3
+
+
+def test_setup_lines_are_what_ci_runs_and_what_pyproject_installs() -> None:
+    """The test command is .ci/run's; the dev command installs the same and starts the server."""
+    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert only(BASH, ".venv/bin/pytest").strip() == ci
+    install = "python3 -m venv .venv && .venv/bin/pip install -q -e '.[dev]'"
+    assert only(BASH, "etl-assets-dev\n").strip() == f"{install} && .venv/bin/etl-assets-dev"
+    assert ci.startswith(install)
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["etl-assets-dev"] == "etl_assets.devserver:main"
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A working folder like a fresh clone's: the venv at .venv, state in .etl_assets."""
+    (tmp_path / ".venv").symlink_to(VENV_BIN.parent)
+    return tmp_path
+
+
+def run_bash(script: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=cwd,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=150,
+        check=False,
+    )
+
+
+def test_sample_data_command_writes_february(project: Path) -> None:
+    """The sample-data line writes one folder per day of February 2024."""
+    done = run_bash(only(BASH, "etl-assets-sample-data"), project, {})
+    assert done.returncode == 0, done.stderr
+    landing = project / ".etl_assets" / "landing"
+    assert sorted(p.name for p in landing.iterdir()) == [
+        (dt.date(2024, 2, 1) + dt.timedelta(days=n)).isoformat() for n in range(28)
+    ]
+
+
+@pytest.fixture
+def dagster_db(pg_dsn: str) -> Iterator[str]:
+    """A database for Dagster's own storage, as etl-assets-dev creates one."""
+    name = f"dagster_{uuid.uuid4().hex[:8]}"
+    asyncio.run(execute(pg_dsn, f'CREATE DATABASE "{name}"'))
+    yield (
+        urllib.parse.urlsplit(pg_dsn)
+        ._replace(scheme="postgresql+psycopg2", path=f"/{name}")
+        .geturl()
+    )
+    asyncio.run(execute(pg_dsn, f'DROP DATABASE "{name}" WITH (FORCE)'))
+
+
+def test_cli_command_with_the_env_file_materializes_the_newest_sample_day(
+    project: Path, db_dsn: str, dagster_db: str
+) -> None:
+    """`. .etl_assets/env.sh && dagster asset materialize ...` loads that day, exit code 0."""
+    state = project / ".etl_assets"
+    day = dt.date(2024, 1, 14)
+    sample = write_sample_day(state / "landing", day)
+    write_env_file(
+        state / "env.sh",
+        {
+            "DAGSTER_HOME": str(ROOT),
+            "ETL_ASSETS_HOME": str(state),
+            "ETL_ASSETS_PG_DSN": db_dsn,
+            "DAGSTER_PG_URL": dagster_db,
+            "ETL_ASSETS_DAGSTER_DIR": str(state / "dagster"),
+            "ETL_ASSETS_COMPUTE_LOGS_DIR": str(state / "dagster" / "logs"),
+            "ETL_ASSETS_SAMPLE_FIRST": day.isoformat(),
+            "ETL_ASSETS_SAMPLE_LAST": day.isoformat(),
+        },
+    )
+    done = run_bash(only(BASH, "env.sh"), project, {})
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = asyncio.run(fetch(db_dsn, "SELECT data_date, count(*) FROM public.logs GROUP BY 1"))
+    assert [tuple(r) for r in rows] == [(day, 2_000 - sample.malformed)]
+
+
+def run_python(source: str, cwd: Path, db_dsn: str) -> subprocess.CompletedProcess[str]:
+    path = cwd / "snippet.py"
+    path.write_text(source)
+    return subprocess.run(
+        [sys.executable, str(path)],
+        cwd=cwd,
+        env={**os.environ, "ETL_ASSETS_PG_DSN": db_dsn},
+        capture_output=True,
+        text=True,
+        timeout=150,
+        check=False,
+    )
+
+
+def test_writing_your_own_asset_runs_and_loads_three_orders(project: Path, db_dsn: str) -> None:
+    """The orders example, run as `python orders.py`, loads and checks one partition."""
+    done = run_python(only(PYTHON, "def orders("), project, db_dsn)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines()[-1] == "True 3"
+    rows = asyncio.run(
+        fetch(db_dsn, "SELECT data_date, order_id, amount FROM public.orders ORDER BY 2")
+    )
+    day = dt.date(2024, 1, 2)
+    assert [tuple(r) for r in rows] == [
+        (day, 1, decimal.Decimal("2.50")),
+        (day, 2, decimal.Decimal("4.50")),
+        (day, 3, decimal.Decimal("6.50")),
+    ]
+
+
+def test_using_the_engine_runs_and_loads_a_thousand_events(project: Path, db_dsn: str) -> None:
+    """The engine example loads its 1,000 records into public.events, nothing lost."""
+    done = run_python(only(PYTHON, "load_partition("), project, db_dsn)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "enqueued=1000" in done.stdout
+    assert "written=1000" in done.stdout
+    rows = asyncio.run(
+        fetch(
+            db_dsn, "SELECT data_date, count(*), count(DISTINCT id) FROM public.events GROUP BY 1"
+        )
+    )
+    assert [tuple(r) for r in rows] == [(dt.date(2024, 1, 2), 1_000, 1_000)]
+
+
+def test_the_dataframe_example_runs_and_reads_back_three_sales(project: Path, db_dsn: str) -> None:
+    """sales.py: a DataFrame lands its 3 rows; the pandas and stream inputs read them back."""
+    done = run_python(only(PYTHON, "def sales("), project, db_dsn)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines()[-1] == "34.5 3"  # 9.5 + 20.0 + 5.0 (the 5th), 3 rows
+    rows = asyncio.run(fetch(db_dsn, "SELECT data_date, sale_id FROM public.sales ORDER BY 2"))
+    assert [tuple(r) for r in rows] == [(dt.date(2024, 1, 5), n) for n in (1, 2, 3)]
