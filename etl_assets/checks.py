@@ -134,11 +134,11 @@ def _check(
             days = [data_date(k) for k in keys]
             ledger = LedgerTables(postgres.ledger_schema)
 
-            async def run(pool: asyncpg.Pool) -> list[_Finding]:
-                async with pool.acquire() as conn:
-                    return [await inspect(conn, ledger, target, day) for day in days]
+            async def inspect_all(conn: asyncpg.Connection) -> list[_Finding]:
+                return [await inspect(conn, ledger, target, day) for day in days]
 
-            findings = postgres.run(run)
+            # Retried like a load: a lost COMMIT reply must not block a good partition.
+            findings = postgres.retried(inspect_all)
             targets = latest_materializations(context.instance, asset.key, keys)
             check_key = dg.AssetCheckKey(asset.key, name)
             evaluations = [

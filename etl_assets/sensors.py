@@ -10,11 +10,10 @@ import json
 import logging
 from typing import Any
 
-import asyncpg
 import dagster as dg
 
 from etl_assets.assets.dead_letters import dead_letter_queue
-from etl_assets.postgres.dead_letters import DeadLetterSummary, summarize_dead_letters
+from etl_assets.postgres.dead_letters import summarize_dead_letters
 from etl_assets.postgres.ledger import LedgerTables
 from etl_assets.postgres.resource import PostgresResource
 
@@ -48,11 +47,11 @@ def dead_letter_sensor(
     cursor = int(context.cursor or 0)
     ledger = LedgerTables(postgres.ledger_schema)
 
-    async def new_letters(pool: asyncpg.Pool) -> DeadLetterSummary:
-        async with pool.acquire() as conn:
-            return await summarize_dead_letters(conn, ledger, after_id=cursor, newest=0)
-
-    summary = postgres.run(new_letters, min_size=0, max_size=1)
+    summary = postgres.retried(
+        lambda conn: summarize_dead_letters(conn, ledger, after_id=cursor, newest=0),
+        min_size=0,
+        max_size=1,
+    )
     if summary.max_id <= cursor:
         return dg.SensorResult(skip_reason=f"no dead letters after id {cursor}")
     for group in summary.groups:

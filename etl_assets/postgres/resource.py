@@ -140,14 +140,16 @@ class PostgresResource(dg.ConfigurableResource):  # type: ignore[type-arg]
 
         return run_sync(main)
 
-    def retried(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    def retried(
+        self, work: Callable[[asyncpg.Connection], Awaitable[T]], **pool_overrides: Any
+    ) -> T:
         """``work(conn)`` retried on transient errors like a load's (``with_retries``).
 
         For every database touch outside the load: checks, sensors, the dead-letter
         asset, reads. A lost COMMIT reply or a restart must not fail a good partition's
         check. ``work`` must be safe to run again (a read, or its own transaction).
         """
-        return self.run(lambda pool: with_retries(pool, RetryPolicy(), work))
+        return self.run(lambda pool: with_retries(pool, RetryPolicy(), work), **pool_overrides)
 
     @contextlib.asynccontextmanager
     async def pool(self, **overrides: Any) -> AsyncIterator[asyncpg.Pool]:

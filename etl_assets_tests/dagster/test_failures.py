@@ -7,16 +7,18 @@ import os
 import socket
 import subprocess
 import sys
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
-from etl_assets import definitions
+from etl_assets import ResilientPostgresIOManager, definitions
 from etl_assets.postgres.resource import PostgresResource
 from etl_assets_tests.dagster.conftest import DAYS, LINES_PER_DAY
 from etl_assets_tests.dagster.test_pipeline import Landing, materialize
 from etl_assets_tests.postgres.helpers import execute, fetch
+from etl_assets_tests.postgres.proxy import FaultProxy
 
 SABOTAGE = """
 CREATE FUNCTION public.drop_rows_after_publish() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -127,3 +129,35 @@ def test_cli_materialize_exits_0_on_success_and_non_zero_when_the_database_is_do
     assert rows[0][0] == LINES_PER_DAY - samples[DAYS[4]].malformed
     assert down.returncode != 0
     assert "ConnectionFailedError" in down.stderr + down.stdout
+
+
+def test_a_check_whose_commit_reply_is_lost_retries_and_passes(
+    db_dsn: str, instance: dg.DagsterInstance, landing: Landing
+) -> None:
+    """The checks' link drops the reply to their COMMITs: they retry, and a good day passes."""
+    folder, _ = landing
+    url = urllib.parse.urlsplit(db_dsn)
+
+    async def scenario() -> tuple[dg.ExecuteInProcessResult, int]:
+        async with FaultProxy(url.hostname or "127.0.0.1", url.port or 5432) as proxy:
+            proxy.cut_on_commits(1, 2)  # both audit transactions lose their COMMIT reply
+            loads = PostgresResource(dsn=db_dsn)  # the load itself goes direct
+            resources = {
+                "postgres": PostgresResource(dsn=proxy.dsn(db_dsn)),
+                "postgres_io_manager": ResilientPostgresIOManager(postgres=loads),
+            }
+            result = await asyncio.to_thread(
+                materialize, resources, instance, folder, DAYS[0].isoformat(), raise_on_error=False
+            )
+            return result, proxy.cuts
+
+    result, cuts = asyncio.run(scenario())
+
+    assert cuts == 2
+    assert result.success
+    checks = {
+        (e.asset_key.path[-1], e.check_name): e.passed for e in result.get_asset_check_evaluations()
+    }
+    assert checks[("raw_logs", "written_equals_enqueued")] is True
+    assert checks[("raw_logs", "dead_letter_rate")] is True
+    assert all(checks.values()), checks
