@@ -13,7 +13,8 @@ but vectorised (Arrow compute, no Python object per value):
 Only the rejected rows become Python objects: pydantic validates them to give the dead
 letter its structured errors (``ValidationError`` when pydantic agrees, ``ArrowCastError``
 with Arrow's reason when only the cast refused). A model whose fields carry constraints
-or validators (``Field(ge=0)``, ``@field_validator``, ``Literal``, enums, ``strict``) or a
+or validators (``Field(ge=0)``, ``@field_validator``, ``Literal``, enums, ``strict``,
+``extra="forbid"``) or a
 target column pgpq cannot encode (numeric, uuid, jsonb) cannot be checked by types
 alone: those batches go through the record path's pydantic validation unchanged
 (:class:`~etl_assets.records.RecordShaper`), slower but never less strict.
@@ -65,6 +66,7 @@ def vectorisable(model: type[pydantic.BaseModel]) -> bool:
         or decorators.validators
         or decorators.root_validators
         or model.model_config.get("strict")
+        or model.model_config.get("extra") == "forbid"  # extra columns must be refused per row
     ):
         return False
     return all(
