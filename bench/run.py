@@ -240,9 +240,14 @@ def arrow_events(n: int) -> Any:
 
 
 class CheckedEvent(Event):
-    """The same fields with one constraint: the frame path must validate it with pydantic."""
+    """The same fields with a validator: the frame path must run pydantic on every row."""
 
-    amount: float = pydantic.Field(ge=0)
+    @pydantic.field_validator("amount")
+    @classmethod
+    def _not_negative(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError("amount must not be negative")
+        return value
 
 
 async def _etl_frame(
@@ -273,7 +278,7 @@ async def etl_arrow(dsn: str, n: int) -> dict[str, Any]:
 
 
 async def etl_arrow_pydantic(dsn: str, n: int) -> dict[str, Any]:
-    """The same table with a constrained model (Field(ge=0)): pydantic validates every row."""
+    """The same table with a model validator: pydantic validates every row."""
     return await _etl_frame(dsn, arrow_events(n), CheckedEvent)
 
 
@@ -289,9 +294,7 @@ async def polars_write_database(dsn: str, n: int) -> dict[str, Any]:
     await _execute(dsn, CREATE_PLAIN)
     frame = pl.from_arrow(arrow_events(n)).with_columns(pl.lit(DAY).alias("data_date"))
     started = time.perf_counter()
-    frame.write_database(
-        f"{SCHEMA}.{TABLE}", dsn, engine="adbc", if_table_exists="append"
-    )
+    frame.write_database(f"{SCHEMA}.{TABLE}", dsn, engine="adbc", if_table_exists="append")
     return {"seconds": time.perf_counter() - started}
 
 

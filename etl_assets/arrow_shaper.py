@@ -10,11 +10,14 @@ but vectorised (Arrow compute, no Python object per value):
 * nulls in columns whose model field does not allow None are rejected;
 * a partition column, if the frame carries one, must hold the partition's date.
 
+* bounds (``ge``/``gt``/``le``/``lt``), lengths (``min_length``/``max_length``) and
+  ``Literal`` values are compared column-wise too.
+
 Only the rejected rows become Python objects: pydantic validates them to give the dead
 letter its structured errors (``ValidationError`` when pydantic agrees, ``ArrowCastError``
-with Arrow's reason when only the cast refused). A model whose fields carry constraints
-or validators (``Field(ge=0)``, ``@field_validator``, ``Literal``, enums, ``strict``,
-``extra="forbid"``) or a
+with Arrow's reason when only the cast refused). A model with validators or constraints
+Arrow cannot express (``@field_validator``, ``pattern``, ``multiple_of``, enums,
+``strict``, ``extra="forbid"``) or a
 target column pgpq cannot encode (numeric, uuid, jsonb) cannot be checked by types
 alone: those batches go through the record path's pydantic validation unchanged
 (:class:`~etl_assets.records.RecordShaper`), slower but never less strict.
@@ -32,6 +35,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import annotated_types
 import pydantic
 
 from etl_assets import collector
@@ -46,7 +50,11 @@ _PLAIN = (int, float, str, bool, bytes, dt.date, dt.datetime, dt.time)
 
 
 def _plain_annotation(annotation: Any) -> tuple[type | None, bool]:
-    """(the plain Python type, None allowed) of a field, or (None, _) if it is not plain."""
+    """(the plain Python type, None allowed) of a field, or (None, _) if it is not plain.
+
+    A ``Literal`` of strings (or of ints) counts as ``str`` (``int``): its values are
+    checked column-wise with ``is_in``.
+    """
     nullable = False
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
@@ -54,7 +62,27 @@ def _plain_annotation(annotation: Any) -> tuple[type | None, bool]:
         if len(args) != 1:
             return None, nullable
         annotation = args[0]
+    if typing.get_origin(annotation) is typing.Literal:
+        kinds = {type(v) for v in typing.get_args(annotation)}
+        return (kinds.pop() if kinds in ({str}, {int}) else None), nullable
     return (annotation if annotation in _PLAIN else None), nullable
+
+
+# Field constraints Arrow can check column-wise: (compute function of a violation, message).
+_BOUNDS = {
+    annotated_types.Ge: ("less", "ge", "greater than or equal to"),
+    annotated_types.Gt: ("less_equal", "gt", "greater than"),
+    annotated_types.Le: ("greater", "le", "less than or equal to"),
+    annotated_types.Lt: ("greater_equal", "lt", "less than"),
+}
+_LENGTHS = {
+    annotated_types.MinLen: ("less", "min_length", "at least"),
+    annotated_types.MaxLen: ("greater", "max_length", "at most"),
+}
+
+
+def _checkable(constraint: Any) -> bool:
+    return type(constraint) in _BOUNDS or type(constraint) in _LENGTHS
 
 
 def vectorisable(model: type[pydantic.BaseModel]) -> bool:
@@ -70,7 +98,7 @@ def vectorisable(model: type[pydantic.BaseModel]) -> bool:
     ):
         return False
     return all(
-        _plain_annotation(f.annotation)[0] is not None and not f.metadata
+        _plain_annotation(f.annotation)[0] is not None and all(map(_checkable, f.metadata))
         for f in model.model_fields.values()
     )
 
@@ -95,6 +123,15 @@ def _accepts(pa: Any, target: Any, source: Any) -> bool:
     if t.is_time(target):
         return bool(t.is_time(s) or _is_text(t, s))
     return False
+
+
+def _literal_values(annotation: Any) -> list[Any] | None:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        annotation = args[0] if len(args) == 1 else annotation
+    if typing.get_origin(annotation) is typing.Literal:
+        return list(typing.get_args(annotation))
+    return None
 
 
 def _is_text(t: Any, s: Any) -> bool:
@@ -177,7 +214,36 @@ class ArrowShaper:
             if name in self._required and column.null_count:
                 for i in self._indices(pc.is_null(column)):
                     bad.setdefault(i, f"{name}: null in a column that does not allow None")
+            if name in cast:
+                for i, why in self._constraint_violations(name, cast[name]):
+                    bad.setdefault(i, f"{name}: {why}")
         return cast, bad
+
+    def _constraint_violations(self, name: str, column: Any) -> list[tuple[int, str]]:
+        """Rows breaking the field's bounds, lengths or Literal values (nulls are not)."""
+        if self._model is None:
+            return []
+        pc, field = self._pc, self._model.model_fields[name]
+        found: list[tuple[int, str]] = []
+        literal = _literal_values(field.annotation)
+        if literal is not None:
+            outside = pc.invert(pc.is_in(column, value_set=self._pa.array(literal)))
+            found += [(i, f"not one of {literal}") for i in self._indices(outside)]
+        for constraint in field.metadata:
+            if type(constraint) in _BOUNDS:
+                compare, attr, words = _BOUNDS[type(constraint)]
+                values = column
+            else:
+                compare, attr, words = _LENGTHS[type(constraint)]
+                values = (
+                    pc.utf8_length(column)
+                    if self._pa.types.is_string(column.type)
+                    else (pc.binary_length(column))
+                )
+            limit = getattr(constraint, attr)
+            broken = getattr(pc, compare)(values, limit)
+            found += [(i, f"must be {words} {limit}") for i in self._indices(broken)]
+        return found
 
     def _check_columns(self, batch: Any) -> None:
         names = set(batch.schema.names)

@@ -21,8 +21,14 @@ class Plain(pydantic.BaseModel):
     blob: bytes | None = None
 
 
-class Constrained(pydantic.BaseModel):
-    id: int = pydantic.Field(ge=0)
+class Bounded(pydantic.BaseModel):
+    id: int = pydantic.Field(ge=0, lt=100)
+    code: str = pydantic.Field(min_length=1, max_length=5)
+    kind: Literal["a", "b"] | None = None
+
+
+class Patterned(pydantic.BaseModel):
+    code: str = pydantic.Field(pattern="^[a-z]+$")
 
 
 class Validated(pydantic.BaseModel):
@@ -48,14 +54,17 @@ class Closed(pydantic.BaseModel):
     id: int
 
 
-def test_a_model_of_plain_types_is_validated_by_arrow_casts() -> None:
-    """Types and Optional are all Arrow needs to check."""
-    assert vectorisable(Plain) is True
+@pytest.mark.parametrize("model", [Plain, Bounded, Choice])
+def test_types_bounds_lengths_and_literals_are_checked_column_wise(
+    model: type[pydantic.BaseModel],
+) -> None:
+    """Types, Optional, ge/gt/le/lt, min/max_length and Literal are all Arrow compute."""
+    assert vectorisable(model) is True
 
 
-@pytest.mark.parametrize("model", [Constrained, Validated, Choice, Strict, Closed])
+@pytest.mark.parametrize("model", [Validated, Patterned, Strict, Closed])
 def test_anything_types_cannot_express_goes_through_pydantic(
     model: type[pydantic.BaseModel],
 ) -> None:
-    """Constraints, validators, Literal, strict mode and extra='forbid' need pydantic per row."""
+    """Validators, patterns, strict mode and extra='forbid' need pydantic per row."""
     assert vectorisable(model) is False
