@@ -19,28 +19,13 @@ from dagster._daemon.backfill import execute_backfill_iteration
 from etl_assets.io_manager import BACKFILL_CHUNK
 from etl_assets.postgres.ledger import LedgerTables
 from etl_assets.postgres.loader import ensure_ledger
-from etl_assets_tests.dagster.conftest import DAYS, LINES_PER_DAY
+from etl_assets_tests.dagster.conftest import DAYS, LINES_PER_DAY, drop_rows_after_publish
 from etl_assets_tests.dagster.test_pipeline import Landing
 from etl_assets_tests.postgres.helpers import fetch
 
 CHECK_NAMES = ("written_equals_enqueued", "no_duplicate_keys", "dead_letter_rate")
 ASSETS = (dg.AssetKey("raw_logs"), dg.AssetKey("daily_metrics"))
 Status = AssetCheckExecutionRecordStatus
-
-SABOTAGE = """
-CREATE FUNCTION public.drop_rows_after_publish() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NEW.status = 'published' AND NEW.target = 'public.logs'
-            AND NEW.partition_key = '{day}' THEN
-        -- ctid repeats across the table's partitions: pin the day on both sides
-        DELETE FROM public.logs WHERE data_date = NEW.partition_key::date AND ctid IN (
-            SELECT ctid FROM public.logs WHERE data_date = NEW.partition_key::date LIMIT 5);
-    END IF;
-    RETURN NEW;
-END $$;
-CREATE TRIGGER drop_rows_after_publish AFTER UPDATE ON etl.partition_loads
-    FOR EACH ROW EXECUTE FUNCTION public.drop_rows_after_publish();
-"""
 
 
 @pytest.fixture
@@ -169,6 +154,6 @@ async def _prepare_sabotage(dsn: str, day: str) -> None:
     conn = await asyncpg.connect(dsn)
     try:
         await ensure_ledger(conn, LedgerTables())
-        await conn.execute(SABOTAGE.replace("{day}", day))
+        await conn.execute(drop_rows_after_publish(day))
     finally:
         await conn.close()

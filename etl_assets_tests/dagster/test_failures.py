@@ -15,23 +15,10 @@ import dagster as dg
 
 from etl_assets import ResilientPostgresIOManager, definitions
 from etl_assets.postgres.resource import PostgresResource
-from etl_assets_tests.dagster.conftest import DAYS, LINES_PER_DAY
+from etl_assets_tests.dagster.conftest import DAYS, LINES_PER_DAY, drop_rows_after_publish
 from etl_assets_tests.dagster.test_pipeline import Landing, materialize
 from etl_assets_tests.postgres.helpers import execute, fetch
 from etl_assets_tests.postgres.proxy import FaultProxy
-
-SABOTAGE = """
-CREATE FUNCTION public.drop_rows_after_publish() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NEW.status = 'published' AND NEW.target = 'public.logs' THEN
-        DELETE FROM public.logs WHERE ctid IN (
-            SELECT ctid FROM public.logs WHERE data_date = NEW.partition_key::date LIMIT 5);
-    END IF;
-    RETURN NEW;
-END $$;
-CREATE TRIGGER drop_rows_after_publish AFTER UPDATE ON etl.partition_loads
-    FOR EACH ROW EXECUTE FUNCTION public.drop_rows_after_publish();
-"""
 
 
 def test_rows_lost_behind_the_io_managers_back_fail_the_check_and_block_downstream(
@@ -40,7 +27,7 @@ def test_rows_lost_behind_the_io_managers_back_fail_the_check_and_block_downstre
     folder, samples = landing
     day1, day2 = DAYS[0].isoformat(), DAYS[1].isoformat()
     assert materialize(resources, instance, folder, day1).success
-    asyncio.run(execute(db_dsn, SABOTAGE))
+    asyncio.run(execute(db_dsn, drop_rows_after_publish()))
 
     result = materialize(resources, instance, folder, day2, raise_on_error=False)
 
