@@ -187,6 +187,9 @@ async def _load_partition(
     key = (target.name, day.isoformat(), load_id)
     publisher = StagedPublisher(target, ledger, day, load_id)
     started = time.perf_counter()
+    # Classified here too (the IO manager already did), before any ledger row exists: the
+    # engine API refuses a Series or a string just as an asset's output is refused.
+    records = frames.classify_output(records, f"{key[0]} partition {key[1]}")
 
     kind, types = await _prepare(pool, ledger, target, publisher, key, settings.retry)
     writer = BatchWriter(

@@ -373,3 +373,16 @@ def test_an_iterator_of_frames_is_consumed_chunk_by_chunk() -> None:
     assert pulled == [0]
     assert sum(len(c) for c in source) == 30
     assert pulled == [0, 1, 2]
+
+
+def test_the_engine_api_classifies_its_source_too(pg_dsn: str, schema: str) -> None:
+    """load_partition handed a bare DataFrame loads it; handed a Series, it refuses."""
+    target = sales_target(schema)
+
+    async def scenario() -> None:
+        report = await load(pg_dsn, target, sales_frame(10), model=Sale)
+        assert (report.written, report.dead_lettered) == (10, 0)
+        with pytest.raises(ConfigurationError, match="iterates as values"):
+            await load(pg_dsn, target, pd.Series([1, 2]), model=Sale, load_id="run-2")
+
+    asyncio.run(scenario())
