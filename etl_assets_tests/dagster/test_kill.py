@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import asyncpg
+import dagster as dg
 import pytest
 
 from etl_assets.assets.sample_events import SAMPLE_EVENTS
@@ -24,13 +25,15 @@ DAY = "2024-07-01"
 RECORDS = 400_000
 
 
-def materialize_cli(dsn: str, cwd: Path) -> subprocess.Popen[str]:
+def materialize_cli(dsn: str, cwd: Path, home: Path | None = None) -> subprocess.Popen[str]:
     config = cwd / "run.yaml"
     config.write_text(
         f"ops:\n  sample_events_table:\n    config:\n      records_per_day: {RECORDS}\n"
     )
     dagster = Path(sys.executable).with_name("dagster")
     env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+    if home is not None:  # a persistent instance, to read the run's status afterwards
+        env["DAGSTER_HOME"] = str(home)
     return subprocess.Popen(
         [str(dagster), "asset", "materialize", "-m", "etl_assets.definitions",
          "--select", "sample_events_table", "--partition", DAY, "-c", str(config)],
@@ -49,13 +52,37 @@ async def committed_batches(dsn: str) -> int:
     return int(rows[0][0])
 
 
-def test_sigkill_mid_materialization_then_rerun(db_dsn: str, tmp_path: Path) -> None:
-    first = materialize_cli(db_dsn, tmp_path)
+def wait_for_batches(dsn: str, process: subprocess.Popen[str], n: int) -> None:
     deadline = time.monotonic() + 120
-    while asyncio.run(committed_batches(db_dsn)) < 3:
-        assert first.poll() is None, f"the run ended before it could be killed: {first.stdout}"
+    while asyncio.run(committed_batches(dsn)) < n:
+        assert process.poll() is None, f"the run ended before it could be killed: {process.stdout}"
         assert time.monotonic() < deadline, "no batch committed within 2 minutes"
         time.sleep(0.05)
+
+
+def test_sigterm_of_the_cli_fails_the_run_and_marks_the_load_failed(
+    db_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`kill PID` of the CLI (its steps run in its process): exit 1, run FAILURE, load failed."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    cli = materialize_cli(db_dsn, tmp_path, home)
+    wait_for_batches(db_dsn, cli, 2)
+    cli.send_signal(signal.SIGTERM)  # the CLI's PID only, as `kill PID` does
+
+    assert cli.wait(timeout=60) == 1
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    with dg.DagsterInstance.get() as instance:
+        assert [r.status for r in instance.get_runs()] == [dg.DagsterRunStatus.FAILURE]
+    loads = asyncio.run(fetch(db_dsn, "SELECT status FROM etl.partition_loads"))
+    assert [r[0] for r in loads] == ["failed"]
+    assert asyncio.run(our_connections(db_dsn)) == 0
+
+
+def test_sigkill_mid_materialization_then_rerun(db_dsn: str, tmp_path: Path) -> None:
+    first = materialize_cli(db_dsn, tmp_path)
+    wait_for_batches(db_dsn, first, 3)
     os.killpg(first.pid, signal.SIGKILL)
     killed_at = time.monotonic()
     assert first.wait(timeout=30) == -signal.SIGKILL
