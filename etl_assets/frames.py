@@ -14,10 +14,11 @@ by the batch as it is for records. pyarrow, pandas and polars are optional extra
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import itertools
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from etl_assets.errors import ConfigurationError
@@ -32,7 +33,9 @@ __all__ = [
     "classify_output",
     "convert_table",
     "input_shape",
+    "is_frame",
     "require_pyarrow",
+    "split_by_partition",
 ]
 
 _FRAMES = {
@@ -108,6 +111,42 @@ class _FrameChunks:
         return self._chunks
 
 
+def split_by_partition(
+    frame: Any, column: str, keys: Sequence[str], where: str
+) -> dict[str, pa.Table]:
+    """One frame covering several days, as an Arrow table per partition key, by ``column``.
+
+    Every row must land in exactly one partition of the run: a row whose date is null or
+    outside the run is refused (with how many), never dropped.
+    """
+    pa = require_pyarrow("a DataFrame output")
+    import pyarrow.compute as pc
+
+    table = _as_table(pa, frame)
+    if column not in table.column_names:
+        raise ConfigurationError(
+            f"{where}: it has no partition column {column!r} to split it by; add the column "
+            "(the data date of each row) or return {partition_key: frame}"
+        )
+    try:
+        days = pc.cast(table.column(column), pa.date32(), safe=True)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise ConfigurationError(f"{where}: its column {column!r} is not a date ({exc})") from None
+    parts = {}
+    for key in keys:
+        mask = pc.fill_null(
+            pc.equal(days, pa.scalar(dt.date.fromisoformat(key), pa.date32())), False
+        )
+        parts[key] = table.filter(mask)
+    stray = table.num_rows - sum(part.num_rows for part in parts.values())
+    if stray:
+        raise ConfigurationError(
+            f"{where}: {stray} of its {table.num_rows} rows have a {column!r} that is null or "
+            f"outside the run's partitions ({keys[0]} .. {keys[-1]}); nothing was loaded"
+        )
+    return parts
+
+
 def is_columnar(source: RecordSource) -> bool:
     return isinstance(source, _FrameChunks) or is_frame(source)
 
@@ -180,6 +219,22 @@ def _from_pandas(pa: Any, frame: Any) -> pa.Table:
             f"type ({str(exc).splitlines()[0]}); convert it (astype) or return the rows as "
             "records (df.to_dict('records')) so bad values are dead-lettered one by one"
         ) from None
+
+
+def _as_table(pa: Any, frame: Any) -> pa.Table:
+    """A whole frame as one Arrow table (to split it by day, it is needed whole anyway)."""
+    kind = _instance_of(frame, _FRAMES)
+    if kind == "pandas.DataFrame":
+        return _from_pandas(pa, frame)
+    if kind == "polars.LazyFrame":
+        return frame.collect().to_arrow()
+    if kind == "polars.DataFrame":
+        return frame.to_arrow()
+    if kind == "pyarrow.RecordBatch":
+        return pa.Table.from_batches([frame])
+    if kind == "pyarrow.RecordBatchReader":
+        return frame.read_all()
+    return frame
 
 
 def _split(batch: pa.RecordBatch, batch_size: int) -> Iterator[pa.RecordBatch]:

@@ -21,7 +21,14 @@ import dagster as dg
 from pydantic import Field
 
 from etl_assets.errors import ConfigurationError
-from etl_assets.frames import InputShape, classify_output, convert_table, input_shape
+from etl_assets.frames import (
+    InputShape,
+    classify_output,
+    convert_table,
+    input_shape,
+    is_frame,
+    split_by_partition,
+)
 from etl_assets.postgres.loader import LoadReport, LoadSettings, load_partition, resolve_load_id
 from etl_assets.postgres.reader import PartitionStream, read_arrow, read_dicts
 from etl_assets.postgres.resource import PostgresResource
@@ -113,7 +120,7 @@ class ResilientPostgresIOManager(dg.ConfigurableIOManager):
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         owner = context.asset_key.to_user_string()
         spec = PostgresTable.from_metadata(context.definition_metadata, owner)
-        partitions = _partitions(context, obj, owner)
+        partitions = _partitions(context, obj, owner, spec.partition_column)
         run_ids = _run_ids(context)
         settings = self.settings(spec)
 
@@ -184,8 +191,15 @@ def data_date(partition_key: str) -> dt.date:
         ) from None
 
 
-def _partitions(context: dg.OutputContext, obj: Any, owner: str) -> list[tuple[str, Iterable[Any]]]:
-    """``(partition_key, records)`` for each partition of the run."""
+def _partitions(
+    context: dg.OutputContext, obj: Any, owner: str, partition_column: str
+) -> list[tuple[str, Iterable[Any]]]:
+    """``(partition_key, records)`` for each partition of the run.
+
+    A multi-partition run (a backfill chunk) may return ``{partition_key: records}``, or
+    one DataFrame / Arrow table that carries the partition column: its rows are routed
+    to their partitions by that column.
+    """
     if not context.has_asset_partitions:
         raise ConfigurationError(
             f"asset {owner} is not partitioned; ResilientPostgresIOManager writes one "
@@ -202,6 +216,9 @@ def _partitions(context: dg.OutputContext, obj: Any, owner: str) -> list[tuple[s
         parts = [(k, obj[k]) for k in keys]
     elif len(keys) == 1:
         parts = [(keys[0], obj)]
+    elif is_frame(obj):
+        where = f"asset {owner} ran for {len(keys)} partitions in one run and returned one frame"
+        parts = list(split_by_partition(obj, partition_column, keys, where).items())
     else:
         raise ConfigurationError(
             f"asset {owner} ran for {len(keys)} partitions in one run (single-run backfill); "

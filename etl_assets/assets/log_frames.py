@@ -47,10 +47,14 @@ def module_hourly(raw_logs: pd.DataFrame) -> pd.DataFrame:
 
 
 def module_hours(logs: pd.DataFrame) -> pd.DataFrame:
-    """The aggregation alone (a pure function of its input, for tests)."""
+    """The aggregation alone (a pure function of its input, for tests).
+
+    Grouped by data date too: a backfill chunk hands over many days in one frame, and the
+    IO manager routes each row to its partition by that column.
+    """
     hours = logs["timestamp"].dt.tz_convert("UTC").dt.hour
     frame = logs.assign(hour=hours, is_error=logs["severity"] == "ERROR")
-    grouped = frame.groupby(["module", "hour"], as_index=False).agg(
+    grouped = frame.groupby(["data_date", "module", "hour"], as_index=False).agg(
         lines=("line_no", "size"), errors=("is_error", "sum")
     )
     return grouped.astype({"hour": "int64", "lines": "int64", "errors": "int64"})

@@ -236,38 +236,41 @@ def test_seven_day_single_run_backfill_then_rerun_two_days(
     assert [(k, n) for k, n in loads] == [(d.isoformat(), 2 if d in DAYS[2:4] else 1) for d in DAYS]
 
 
-def test_the_dataframe_example_reads_logs_as_a_frame_and_writes_one(
+def test_the_dataframe_example_over_a_backfill_chunk_routes_rows_to_their_days(
     db_dsn: str, resources: dict[str, Any], instance: dg.DagsterInstance, landing: Landing
 ) -> None:
-    """module_hourly: every valid log line is counted once, errors too, and its checks pass."""
+    """module_hourly over 3 days in one run (a backfill chunk): one frame, split by its
+    data_date column; each day counts its valid lines and errors once, its checks pass."""
     from etl_assets.assets.log_frames import module_hourly
 
     folder, samples = landing
-    sample = samples[FIRST_DAY]
+    days = DAYS[:3]
     result = dg.materialize(
         [raw_logs, module_hourly, *partition_checks(module_hourly)],
-        partition_key=FIRST_DAY.isoformat(),
         resources=resources,
         run_config=logs_config(folder),
         instance=instance,
+        tags={
+            "dagster/asset_partition_range_start": days[0].isoformat(),
+            "dagster/asset_partition_range_end": days[-1].isoformat(),
+        },
     )
 
     assert result.success
     totals = asyncio.run(
-        fetch(db_dsn, "SELECT sum(lines), sum(errors), count(*) FROM public.module_hourly")
-    )[0]
-    groups = asyncio.run(
         fetch(
-            db_dsn, "SELECT count(DISTINCT (module, extract(hour FROM timestamp))) FROM public.logs"
+            db_dsn,
+            "SELECT data_date, sum(lines), sum(errors) FROM public.module_hourly "
+            "GROUP BY 1 ORDER BY 1",
         )
-    )[0][0]
-    assert (totals[0], totals[1]) == (LINES_PER_DAY - sample.malformed, sample.by_severity["ERROR"])
-    assert totals[2] == groups
-    [mat] = result.asset_materializations_for_node("module_hourly")
-    assert mat.metadata["written"].value == groups
-    assert mat.metadata["dead_lettered"].value == 0
-    assert {e.check_name: e.passed for e in result.get_asset_check_evaluations()} == {
-        "written_equals_enqueued": True,
-        "no_duplicate_keys": True,
-        "dead_letter_rate": True,
-    }
+    )
+    assert [tuple(r) for r in totals] == [
+        (day, LINES_PER_DAY - samples[day].malformed, samples[day].by_severity["ERROR"])
+        for day in days
+    ]
+    mats = result.asset_materializations_for_node("module_hourly")
+    assert sorted(m.partition for m in mats) == [d.isoformat() for d in days]
+    assert all(m.metadata["dead_lettered"].value == 0 for m in mats)
+    evaluations = result.get_asset_check_evaluations()
+    assert len(evaluations) == 9
+    assert all(e.passed for e in evaluations)

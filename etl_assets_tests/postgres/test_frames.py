@@ -19,7 +19,7 @@ import pydantic
 import pytest
 
 from etl_assets.errors import CircuitBreakerOpenError, ConfigurationError
-from etl_assets.frames import classify_output
+from etl_assets.frames import classify_output, split_by_partition
 from etl_assets.postgres.sql import qualified
 from etl_assets.postgres.target import TableTarget, WriteMode
 from etl_assets.spec import PostgresTable
@@ -386,3 +386,33 @@ def test_the_engine_api_classifies_its_source_too(pg_dsn: str, schema: str) -> N
             await load(pg_dsn, target, pd.Series([1, 2]), model=Sale, load_id="run-2")
 
     asyncio.run(scenario())
+
+
+def test_one_frame_for_several_partitions_is_split_by_its_date_column() -> None:
+    """Each row goes to the partition its date names; none is dropped or invented."""
+    frame = pd.DataFrame(
+        {"sale_id": [1, 2, 3], "data_date": [DAY, DAY + dt.timedelta(days=1), DAY]}
+    )
+    keys = [DAY.isoformat(), (DAY + dt.timedelta(days=1)).isoformat()]
+    parts = split_by_partition(frame, "data_date", keys, "test")
+    assert {k: t.column("sale_id").to_pylist() for k, t in parts.items()} == {
+        keys[0]: [1, 3],
+        keys[1]: [2],
+    }
+
+
+@pytest.mark.parametrize(
+    ("frame", "message"),
+    [
+        (pd.DataFrame({"sale_id": [1]}), "has no partition column 'data_date'"),
+        (
+            pd.DataFrame({"sale_id": [1, 2], "data_date": [DAY, DAY + dt.timedelta(days=9)]}),
+            "1 of its 2 rows have a 'data_date' that is null or outside the run's partitions",
+        ),
+    ],
+    ids=["no date column", "a row outside the run"],
+)
+def test_a_frame_that_cannot_be_split_is_refused(frame: pd.DataFrame, message: str) -> None:
+    """Without the date column, or with rows outside the run, nothing is loaded."""
+    with pytest.raises(ConfigurationError, match=message):
+        split_by_partition(frame, "data_date", [DAY.isoformat()], "test")
