@@ -328,7 +328,7 @@ async def read_pandas(dsn: str, n: int) -> dict[str, Any]:
     """The partition as one pandas DataFrame (COPY TO CSV, pyarrow's CSV reader)."""
     import pandas  # noqa: F401  imported before the clock, as pandas_read_sql does
 
-    from etl_assets.frames import InputShape, convert_table
+    from etl_assets.input_shapes import InputShape, convert_table
     from etl_assets.postgres.reader import read_arrow
     from etl_assets.postgres.resource import PostgresResource
 

@@ -15,7 +15,6 @@ by the batch as it is for records. pyarrow, pandas and polars are optional extra
 from __future__ import annotations
 
 import datetime as dt
-import enum
 import itertools
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -27,12 +26,9 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 __all__ = [
-    "InputShape",
     "RecordSource",
     "arrow_batches",
     "classify_output",
-    "convert_table",
-    "input_shape",
     "is_frame",
     "require_pyarrow",
     "split_by_partition",
@@ -240,36 +236,3 @@ def _as_table(pa: Any, frame: Any) -> pa.Table:
 def _split(batch: pa.RecordBatch, batch_size: int) -> Iterator[pa.RecordBatch]:
     for offset in range(0, batch.num_rows, batch_size):
         yield batch.slice(offset, batch_size)
-
-
-class InputShape(enum.Enum):
-    """What a downstream input asked for, by its annotation."""
-
-    DICTS = "dicts"
-    ARROW = "pyarrow.Table"
-    PANDAS = "pandas.DataFrame"
-    POLARS = "polars.DataFrame"
-    STREAM = "PartitionStream"
-
-
-def input_shape(annotation: Any) -> InputShape:
-    """The shape an input annotation names; anything unrecognised gets a list of dicts."""
-    name = getattr(annotation, "__name__", "")
-    module = getattr(annotation, "__module__", "").split(".")[0]
-    if name == "PartitionStream" and module == "etl_assets":
-        return InputShape.STREAM
-    for shape in (InputShape.ARROW, InputShape.PANDAS, InputShape.POLARS):
-        if f"{module}.{name}" == shape.value:
-            return shape
-    return InputShape.DICTS
-
-
-def convert_table(table: pa.Table, shape: InputShape) -> Any:
-    """An Arrow table as the DataFrame type the input asked for."""
-    if shape is InputShape.PANDAS:
-        return table.to_pandas()
-    if shape is InputShape.POLARS:
-        import polars
-
-        return polars.from_arrow(table)
-    return table

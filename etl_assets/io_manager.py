@@ -21,14 +21,8 @@ import dagster as dg
 from pydantic import Field
 
 from etl_assets.errors import ConfigurationError
-from etl_assets.frames import (
-    InputShape,
-    classify_output,
-    convert_table,
-    input_shape,
-    is_frame,
-    split_by_partition,
-)
+from etl_assets.frames import classify_output, is_frame, split_by_partition
+from etl_assets.input_shapes import InputShape, convert_table, input_shape
 from etl_assets.postgres.loader import LoadReport, LoadSettings, load_partition, resolve_load_id
 from etl_assets.postgres.reader import PartitionStream, read_arrow, read_dicts
 from etl_assets.postgres.resource import PostgresResource
