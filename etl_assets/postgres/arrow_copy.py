@@ -107,7 +107,8 @@ class ArrowRows(Sequence[Row]):
         return bytes(sample.serialize())
 
     def column_values(self, position: int) -> list[Any]:
-        return list(self.batch.column(position).to_pylist())
+        values: list[Any] = self.batch.column(position).to_pylist()
+        return values
 
 
 async def copy_arrow(
@@ -118,22 +119,7 @@ async def copy_arrow(
 
     encoder = ArrowToPostgresBinaryEncoder(rows.batch.schema)
     data = encoder.write_header() + encoder.write_batch(rows.batch) + encoder.finish()
+    # A memoryview, not bytes: asyncpg takes bytes as a file path (os.fspath accepts it).
     await conn.copy_to_table(
-        table, schema_name=schema, source=_Chunk(data), columns=list(columns), format="binary"
+        table, schema_name=schema, source=memoryview(data), columns=list(columns), format="binary"
     )
-
-
-class _Chunk:
-    """``bytes`` as the async iterable asyncpg's ``copy_to_table`` accepts as a source."""
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-
-    def __aiter__(self) -> _Chunk:
-        return self
-
-    async def __anext__(self) -> bytes:
-        if not self._data:
-            raise StopAsyncIteration
-        data, self._data = self._data, b""
-        return data

@@ -18,7 +18,7 @@ import asyncio
 import datetime as dt
 import io
 import threading
-from collections.abc import Coroutine, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import asyncpg
@@ -52,6 +52,21 @@ def _missing_table(target: TableTarget, owner: str) -> ConfigurationError:
     )
 
 
+async def _read(
+    pool: asyncpg.Pool,
+    target: TableTarget,
+    owner: str,
+    work: Callable[[asyncpg.Connection], Awaitable[T]],
+) -> T:
+    """``work`` retried like a load; a table not created yet names the asset to run."""
+    try:
+        return await with_retries(pool, RetryPolicy(), work)
+    except FatalError as exc:
+        if isinstance(exc.__cause__, asyncpg.UndefinedTableError):
+            raise _missing_table(target, owner) from None
+        raise
+
+
 async def read_dicts(
     pool: asyncpg.Pool, target: TableTarget, days: Sequence[dt.date] | None, owner: str
 ) -> list[dict[str, Any]]:
@@ -61,12 +76,7 @@ async def read_dicts(
     async def fetch(conn: asyncpg.Connection) -> list[dict[str, Any]]:
         return [dict(row) for row in await conn.fetch(sql, *args)]
 
-    try:
-        return await with_retries(pool, RetryPolicy(), fetch)
-    except FatalError as exc:
-        if isinstance(exc.__cause__, asyncpg.UndefinedTableError):
-            raise _missing_table(target, owner) from None
-        raise
+    return await _read(pool, target, owner, fetch)
 
 
 async def read_arrow(
@@ -85,12 +95,7 @@ async def read_arrow(
         await conn.copy_from_query(sql, *args, output=buffer, format="csv", header=True)
         return types, buffer
 
-    try:
-        types, buffer = await with_retries(pool, RetryPolicy(), copy_out)
-    except FatalError as exc:
-        if isinstance(exc.__cause__, asyncpg.UndefinedTableError):
-            raise _missing_table(target, owner) from None
-        raise
+    types, buffer = await _read(pool, target, owner, copy_out)
     buffer.seek(0)
     options = csv.ConvertOptions(
         column_types={name: t or pa.string() for name, t in types.items()},
