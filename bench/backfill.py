@@ -65,8 +65,8 @@ def main() -> int:
 
 
 def _bench(args: argparse.Namespace, work: Path, base_dsn: str) -> int:
-    from etl_assets.devserver import ensure_database, with_database
-    from etl_assets.landing import write_sample_day
+    from etl_assets.example.devserver import ensure_database, with_database
+    from etl_assets.example.landing import write_sample_day
 
     data_db, dagster_db = f"bench_{uuid.uuid4().hex[:8]}", f"bench_dagster_{uuid.uuid4().hex[:8]}"
     asyncio.run(ensure_database(base_dsn, data_db))
@@ -92,7 +92,7 @@ def _bench(args: argparse.Namespace, work: Path, base_dsn: str) -> int:
     import dagster as dg
     from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
 
-    from etl_assets.definitions import defs
+    from etl_assets.example.definitions import defs
 
     bin_dir = Path(sys.executable).parent
     daemon = subprocess.Popen(

@@ -12,7 +12,7 @@ from typing import Any
 
 import dagster as dg
 
-from etl_assets.assets.dead_letters import dead_letter_queue
+from etl_assets.dead_letter_queue import dead_letter_queue
 from etl_assets.postgres.dead_letters import summarize_dead_letters
 from etl_assets.postgres.ledger import LedgerTables
 from etl_assets.postgres.resource import PostgresResource

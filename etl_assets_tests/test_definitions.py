@@ -11,8 +11,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from etl_assets import definitions
-from etl_assets.assets.sample_events import SampleEventsConfig
+from etl_assets.example import definitions
+from etl_assets.example.sample_events import SampleEventsConfig
 from etl_assets.postgres.resource import PostgresResource
 from etl_assets_tests.postgres.helpers import fetch
 
@@ -34,7 +34,7 @@ def test_dagster_definitions_validate_passes(tmp_path: Path) -> None:
     dagster = Path(sys.executable).with_name("dagster")
     env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
     result = subprocess.run(
-        [str(dagster), "definitions", "validate", "-m", "etl_assets.definitions"],
+        [str(dagster), "definitions", "validate", "-m", "etl_assets.example.definitions"],
         cwd=tmp_path,
         env=env,
         capture_output=True,

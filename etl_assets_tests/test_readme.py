@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from etl_assets.devserver import write_env_file
-from etl_assets.landing import write_sample_day
+from etl_assets.example.devserver import write_env_file
+from etl_assets.example.landing import write_sample_day
 from etl_assets_tests.postgres.helpers import execute, fetch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +50,7 @@ def test_setup_lines_are_what_ci_runs_and_what_pyproject_installs() -> None:
     assert only(BASH, "etl-assets-dev\n").strip() == f"{install} && .venv/bin/etl-assets-dev"
     assert ci.startswith(install)
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["etl-assets-dev"] == "etl_assets.devserver:main"
+    assert scripts["etl-assets-dev"] == "etl_assets.example.devserver:main"
 
 
 @pytest.fixture

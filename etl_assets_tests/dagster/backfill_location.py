@@ -6,9 +6,9 @@ environment variables (``ETL_ASSETS_PG_DSN``, ``ETL_ASSETS_LANDING``) read at ru
 
 import dagster as dg
 
-from etl_assets import definitions
-from etl_assets.assets.logs import daily_metrics, raw_logs
 from etl_assets.checks import partition_checks
+from etl_assets.example import definitions
+from etl_assets.example.logs import daily_metrics, raw_logs
 from etl_assets.postgres.resource import PostgresResource
 
 defs = dg.Definitions(

@@ -10,9 +10,9 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from etl_assets import definitions
-from etl_assets.assets.logs import RawLogsConfig
-from etl_assets.landing import SampleDay, write_sample_day
+from etl_assets.example import definitions
+from etl_assets.example.landing import SampleDay, write_sample_day
+from etl_assets.example.logs import RawLogsConfig
 from etl_assets.postgres.resource import PostgresResource
 
 FIRST_DAY = dt.date(2024, 3, 1)

@@ -13,7 +13,8 @@ from typing import Any
 
 import dagster as dg
 
-from etl_assets import ResilientPostgresIOManager, definitions
+from etl_assets import ResilientPostgresIOManager
+from etl_assets.example import definitions
 from etl_assets.postgres.resource import PostgresResource
 from etl_assets_tests.dagster.conftest import DAYS, LINES_PER_DAY, drop_rows_after_publish
 from etl_assets_tests.dagster.test_pipeline import Landing, materialize
@@ -101,7 +102,7 @@ def test_cli_materialize_exits_0_on_success_and_non_zero_when_the_database_is_do
     db_dsn: str, landing: Landing, tmp_path: Path
 ) -> None:
     folder, samples = landing
-    args = ["asset", "materialize", "-m", "etl_assets.definitions", "--select", "raw_logs"]
+    args = ["asset", "materialize", "-m", "etl_assets.example.definitions", "--select", "raw_logs"]
     args += ["--partition", DAYS[4].isoformat()]
     env = {"ETL_ASSETS_LANDING": str(folder)}
 

@@ -12,8 +12,8 @@ import pydantic
 import pytest
 
 from etl_assets.errors import ConfigurationError
+from etl_assets.example.partitions import daily
 from etl_assets.io_manager import PartitionRecords
-from etl_assets.partitions import daily
 from etl_assets.postgres.target import WriteMode
 from etl_assets.spec import PostgresTable
 from etl_assets_tests.postgres.helpers import fetch

@@ -15,7 +15,7 @@ import asyncpg
 import dagster as dg
 import pytest
 
-from etl_assets.assets.sample_events import SAMPLE_EVENTS
+from etl_assets.example.sample_events import SAMPLE_EVENTS
 from etl_assets_tests.faults.harness import our_connections, record
 from etl_assets_tests.postgres.helpers import fetch, partition_audit
 
@@ -35,7 +35,7 @@ def materialize_cli(dsn: str, cwd: Path, home: Path | None = None) -> subprocess
     if home is not None:  # a persistent instance, to read the run's status afterwards
         env["DAGSTER_HOME"] = str(home)
     return subprocess.Popen(
-        [str(dagster), "asset", "materialize", "-m", "etl_assets.definitions",
+        [str(dagster), "asset", "materialize", "-m", "etl_assets.example.definitions",
          "--select", "sample_events_table", "--partition", DAY, "-c", str(config)],
         cwd=cwd, env={**env, "ETL_ASSETS_PG_DSN": dsn},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,

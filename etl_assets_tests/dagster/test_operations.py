@@ -10,11 +10,11 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from etl_assets import definitions
-from etl_assets.assets.logs import LOGS, daily_metrics, raw_logs
 from etl_assets.checks import partition_checks
+from etl_assets.example import definitions
+from etl_assets.example.logs import LOGS, daily_metrics, raw_logs
+from etl_assets.example.schedules import daily_logs_job, daily_logs_schedule
 from etl_assets.jobs import build_replay_job
-from etl_assets.schedules import daily_logs_job, daily_logs_schedule
 from etl_assets.sensors import dead_letter_sensor, failure_alert
 from etl_assets_tests.dagster.conftest import DAYS, LINES_PER_DAY, logs_config
 from etl_assets_tests.dagster.test_failures import run_with_database_down

@@ -11,10 +11,10 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from etl_assets import definitions
-from etl_assets.assets.logs import daily_metrics, raw_logs
 from etl_assets.checks import partition_checks
-from etl_assets.landing import SampleDay
+from etl_assets.example import definitions
+from etl_assets.example.landing import SampleDay
+from etl_assets.example.logs import daily_metrics, raw_logs
 from etl_assets_tests.dagster.conftest import DAYS, FIRST_DAY, LINES_PER_DAY, logs_config
 from etl_assets_tests.postgres.helpers import fetch
 
@@ -169,7 +169,7 @@ def _assert_logs_exact(db_dsn: str, samples: dict[dt.date, SampleDay], days: lis
 
 
 def logs_defs(resources: dict[str, Any]) -> dg.Definitions:
-    from etl_assets.schedules import daily_logs_job
+    from etl_assets.example.schedules import daily_logs_job
 
     return dg.Definitions(
         assets=[raw_logs, daily_metrics],
@@ -241,7 +241,7 @@ def test_the_dataframe_example_over_a_backfill_chunk_routes_rows_to_their_days(
 ) -> None:
     """module_hourly over 3 days in one run (a backfill chunk): one frame, split by its
     data_date column; each day counts its valid lines and errors once, its checks pass."""
-    from etl_assets.assets.log_frames import module_hourly
+    from etl_assets.example.log_frames import module_hourly
 
     folder, samples = landing
     days = DAYS[:3]

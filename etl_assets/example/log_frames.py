@@ -13,8 +13,8 @@ import dagster as dg
 import pandas as pd
 import pydantic
 
+from etl_assets.example.partitions import daily
 from etl_assets.io_manager import postgres_asset
-from etl_assets.partitions import daily
 from etl_assets.spec import PostgresTable
 
 __all__ = ["MODULE_HOURLY", "ModuleHour", "module_hourly", "module_hours"]

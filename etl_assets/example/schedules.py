@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from etl_assets.assets.logs import daily_metrics, raw_logs
+from etl_assets.example.logs import daily_metrics, raw_logs
 
 __all__ = ["daily_logs_job", "daily_logs_schedule"]
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import asyncpg
 
-from etl_assets.landing import default_landing_dir, write_sample_day
+from etl_assets.example.landing import default_landing_dir, write_sample_day
 from etl_assets.paths import home
 from etl_assets.postgres.embedded import EmbeddedPostgres, default_data_dir
 from etl_assets.postgres.resource import redact_dsn

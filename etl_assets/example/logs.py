@@ -16,9 +16,9 @@ from typing import Any, Literal
 import dagster as dg
 import pydantic
 
+from etl_assets.example.landing import default_landing_dir, read_landing_day
+from etl_assets.example.partitions import daily
 from etl_assets.io_manager import PartitionRecords, data_date, postgres_asset
-from etl_assets.landing import default_landing_dir, read_landing_day
-from etl_assets.partitions import daily
 from etl_assets.postgres.target import WriteMode
 from etl_assets.spec import PostgresTable
 

@@ -11,8 +11,8 @@ from typing import Any
 import dagster as dg
 import pydantic
 
+from etl_assets.example.partitions import daily
 from etl_assets.io_manager import PartitionRecords, data_date, postgres_asset
-from etl_assets.partitions import daily
 from etl_assets.spec import PostgresTable
 
 __all__ = ["SAMPLE_EVENTS", "SampleEvent", "SampleEventsConfig", "sample_events_table"]

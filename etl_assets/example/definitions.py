@@ -10,15 +10,15 @@ from typing import Any
 
 import dagster as dg
 
-from etl_assets.assets.dead_letters import dead_letter_queue
-from etl_assets.assets.logs import daily_metrics, raw_logs
-from etl_assets.assets.sample_events import sample_events_table
 from etl_assets.checks import partition_checks
+from etl_assets.dead_letter_queue import dead_letter_queue
+from etl_assets.example.logs import daily_metrics, raw_logs
+from etl_assets.example.partitions import daily
+from etl_assets.example.sample_events import sample_events_table
+from etl_assets.example.schedules import daily_logs_job, daily_logs_schedule
 from etl_assets.io_manager import ResilientPostgresIOManager
 from etl_assets.jobs import build_replay_job
-from etl_assets.partitions import daily
 from etl_assets.postgres.resource import PostgresResource
-from etl_assets.schedules import daily_logs_job, daily_logs_schedule
 from etl_assets.sensors import automation_sensor, dead_letter_sensor, run_failure_alert
 
 __all__ = ["DSN_ENV", "daily", "defs", "postgres_resource", "resources"]
@@ -26,7 +26,7 @@ __all__ = ["DSN_ENV", "daily", "defs", "postgres_resource", "resources"]
 DSN_ENV = "ETL_ASSETS_PG_DSN"
 LOADED_ASSETS = [raw_logs, daily_metrics, sample_events_table]
 if importlib.util.find_spec("pandas") is not None:  # the DataFrame example: etl_assets[pandas]
-    from etl_assets.assets.log_frames import module_hourly
+    from etl_assets.example.log_frames import module_hourly
 
     LOADED_ASSETS.append(module_hourly)
 
