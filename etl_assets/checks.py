@@ -29,7 +29,7 @@ from etl_assets.check_events import (
     partition_evaluation,
 )
 from etl_assets.io_manager import data_date
-from etl_assets.postgres.ledger import LedgerTables
+from etl_assets.postgres.ledger import Ledger
 from etl_assets.postgres.resource import PostgresResource
 from etl_assets.postgres.target import TableTarget
 from etl_assets.postgres.verify import audit_partition, duplicate_keys
@@ -47,7 +47,7 @@ class _Finding:
     problems: Sequence[str] = field(default_factory=tuple)
 
 
-Inspect = Callable[[asyncpg.Connection, LedgerTables, TableTarget, dt.date], Awaitable[_Finding]]
+Inspect = Callable[[asyncpg.Connection, Ledger, TableTarget, dt.date], Awaitable[_Finding]]
 
 
 def partition_checks(
@@ -59,14 +59,14 @@ def partition_checks(
     target = spec.target()
 
     async def accounted(
-        conn: asyncpg.Connection, ledger: LedgerTables, target: TableTarget, day: dt.date
+        conn: asyncpg.Connection, ledger: Ledger, target: TableTarget, day: dt.date
     ) -> _Finding:
         audit = await audit_partition(conn, ledger, target, day)
         numbers = {k: v for k, v in audit.metadata().items() if not isinstance(v, str)}
         return _Finding(audit.partition_key, numbers, audit.problems)
 
     async def rate(
-        conn: asyncpg.Connection, ledger: LedgerTables, target: TableTarget, day: dt.date
+        conn: asyncpg.Connection, ledger: Ledger, target: TableTarget, day: dt.date
     ) -> _Finding:
         audit = await audit_partition(conn, ledger, target, day)
         ratio = audit.dead_letter_ratio
@@ -84,7 +84,7 @@ def partition_checks(
         return _Finding(audit.partition_key, numbers, problems)
 
     async def unique(
-        conn: asyncpg.Connection, ledger: LedgerTables, target: TableTarget, day: dt.date
+        conn: asyncpg.Connection, ledger: Ledger, target: TableTarget, day: dt.date
     ) -> _Finding:
         repeated = await duplicate_keys(conn, target, day)
         key_name = ", ".join(target.primary_key) or "all columns"
@@ -132,7 +132,7 @@ def _check(
         ) -> Iterator[Any]:
             keys = _partition_keys(context)
             days = [data_date(k) for k in keys]
-            ledger = LedgerTables(postgres.ledger_schema)
+            ledger = Ledger(postgres.ledger_schema)
 
             async def inspect_all(conn: asyncpg.Connection) -> list[_Finding]:
                 return [await inspect(conn, ledger, target, day) for day in days]

@@ -10,7 +10,7 @@ from typing import Any
 import dagster as dg
 
 from etl_assets.postgres.dead_letters import DeadLetterSummary, summarize_dead_letters
-from etl_assets.postgres.ledger import LedgerTables
+from etl_assets.postgres.ledger import Ledger
 from etl_assets.postgres.resource import PostgresResource
 
 __all__ = ["dead_letter_queue", "summary_metadata"]
@@ -20,20 +20,23 @@ __all__ = ["dead_letter_queue", "summary_metadata"]
 def dead_letter_queue(postgres: PostgresResource) -> dg.MaterializeResult:  # type: ignore[type-arg]
     """Dead letters per target, partition and error class, and the newest open ones.
 
-    Replay them with the ``replay_dead_letters`` job once the cause is fixed.
+    ``open`` counts letters of each partition's current load that nothing resolved yet.
+    Fix and replay them with the ``replay_dead_letters`` job (or ``etl-assets-dead-letters``
+    export / replay --fixes); ``discard`` resolves one by hand, with who and why.
     """
-    ledger = LedgerTables(postgres.ledger_schema)
+    ledger = Ledger(postgres.ledger_schema)
 
     summary = postgres.retried(lambda conn: summarize_dead_letters(conn, ledger))
     return dg.MaterializeResult(metadata=summary_metadata(summary, ledger))
 
 
-def summary_metadata(summary: DeadLetterSummary, ledger: LedgerTables) -> dict[str, Any]:
+def summary_metadata(summary: DeadLetterSummary, ledger: Ledger) -> dict[str, Any]:
     groups = [
-        "| target | partition | error class | open | replayed |",
-        "|---|---|---|---|---|",
+        "| target | partition | error class | open | replayed | superseded | discarded |",
+        "|---|---|---|---|---|---|---|",
         *(
-            f"| {g.target} | {g.partition_key} | {g.error_class} | {g.open} | {g.replayed} |"
+            f"| {g.target} | {g.partition_key} | {g.error_class} | {g.open} | {g.replayed} "
+            f"| {g.superseded} | {g.discarded} |"
             for g in summary.groups
         ),
     ]
@@ -49,7 +52,10 @@ def summary_metadata(summary: DeadLetterSummary, ledger: LedgerTables) -> dict[s
     return {
         "open": summary.open,
         "replayed": summary.replayed,
-        "dagster/row_count": summary.open + summary.replayed,
+        "superseded": summary.superseded,
+        "discarded": summary.discarded,
+        "pending": summary.pending,
+        "dagster/row_count": summary.open,
         "table": ledger.dead_letters,
         "by_target_partition_error": dg.MetadataValue.md("\n".join(groups)),
         "newest_open": dg.MetadataValue.md("\n".join(newest)),

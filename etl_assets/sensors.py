@@ -14,7 +14,7 @@ import dagster as dg
 
 from etl_assets.dead_letter_queue import dead_letter_queue
 from etl_assets.postgres.dead_letters import summarize_dead_letters
-from etl_assets.postgres.ledger import LedgerTables
+from etl_assets.postgres.ledger import Ledger
 from etl_assets.postgres.resource import PostgresResource
 
 __all__ = ["automation_sensor", "dead_letter_sensor", "failure_alert", "run_failure_alert"]
@@ -45,7 +45,7 @@ def dead_letter_sensor(
     context: dg.SensorEvaluationContext, postgres: PostgresResource
 ) -> dg.SensorResult:
     cursor = int(context.cursor or 0)
-    ledger = LedgerTables(postgres.ledger_schema)
+    ledger = Ledger(postgres.ledger_schema)
 
     summary = postgres.retried(
         lambda conn: summarize_dead_letters(conn, ledger, after_id=cursor, newest=0),

@@ -17,7 +17,7 @@ from etl_assets.example.partitions import daily
 from etl_assets.example.sample_events import sample_events_table
 from etl_assets.example.schedules import daily_logs_job, daily_logs_schedule
 from etl_assets.io_manager import ResilientPostgresIOManager
-from etl_assets.jobs import build_replay_job
+from etl_assets.jobs import build_cleanup_job, build_replay_job
 from etl_assets.postgres.resource import PostgresResource
 from etl_assets.sensors import automation_sensor, dead_letter_sensor, run_failure_alert
 
@@ -48,7 +48,7 @@ def resources(postgres: PostgresResource | None = None) -> dict[str, Any]:
 defs = dg.Definitions(
     assets=[*LOADED_ASSETS, dead_letter_queue],
     asset_checks=[check for asset in LOADED_ASSETS for check in partition_checks(asset)],
-    jobs=[daily_logs_job, build_replay_job(LOADED_ASSETS)],
+    jobs=[daily_logs_job, build_replay_job(LOADED_ASSETS), build_cleanup_job()],
     schedules=[daily_logs_schedule],
     sensors=[dead_letter_sensor, run_failure_alert, automation_sensor],
     resources=resources(),

@@ -1,25 +1,86 @@
-"""The ledger and the dead-letter queue: DDL and the statements that touch them.
+"""The ledger: the one owner of the tables that prove where every record went.
 
-Three tables in the ledger schema (``etl`` by default):
+Four tables in the ledger schema (``etl`` by default):
 
 * ``load_ledger``: one row per committed batch, keyed (target, partition, load, batch).
   It commits in the same transaction as the batch's rows, so its unique key is what
   makes a retry after an unknown commit outcome harmless.
 * ``dead_letters``: one row per record that could not be written, with the error and
-  the payload; it also commits in the batch's transaction.
+  the payload; it also commits in the batch's transaction. Its life (``LetterStatus``):
+  ``pending`` while its load runs, ``open`` once the load published, then ``replayed``
+  (written by a replay), ``superseded`` (a later load of the partition published, or
+  its load was abandoned) or ``discarded`` (by a person, who and why kept). A letter
+  row is never deleted, except by an explicit retention setting, and only once resolved.
 * ``partition_loads``: one row per (target, partition, load): where it stands
-  (``loading`` -> ``published``/``complete``, or ``failed``) and its audited totals.
+  (``LoadStatus``) and its audited totals; a replay names the load it replays into.
+* ``ledger_version``: the layout's version. ``Ledger.ensure`` creates the current
+  layout, or migrates an older one in place, on every start (under a lock).
+
+Dagster's ``DbIOManager`` / ``DbClient`` split, applied: the loader, publisher, checks
+and replay say *what* happened; this module holds every statement that records it.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
+import asyncpg
+
+from etl_assets.errors import ConfigurationError
 from etl_assets.postgres.sql import qualified, quote_ident
 
-__all__ = ["BatchLedgerRow", "LedgerTables", "PartitionTotals"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "BatchLedgerRow",
+    "DeadLoad",
+    "LetterStatus",
+    "Ledger",
+    "LoadKey",
+    "LoadStatus",
+    "PartitionTotals",
+]
+
+SCHEMA_VERSION = 2
+DDL_LOCK = 0x65746C5F  # "etl_": serializes DDL of concurrent loads (CREATE IF NOT EXISTS races)
+LOAD_LOCK_CLASS = 0x65746C6C  # "etll": pg_advisory_lock(class, hash of a load) = "it runs"
+REPLAY_MODE = "replay"
+
+
+class LoadKey(NamedTuple):
+    """One load of one partition of one target (a tuple, so ``*key`` binds ``$1..$3``)."""
+
+    target: str
+    partition_key: str
+    load_id: str
+
+    def __str__(self) -> str:
+        return f"{self.target} partition {self.partition_key}"
+
+
+class LoadStatus(enum.StrEnum):
+    LOADING = "loading"
+    FAILED = "failed"
+    PUBLISHED = "published"  # replace mode: the partition was swapped in
+    COMPLETE = "complete"  # upsert mode and replays: merged
+    ABANDONED = "abandoned"  # its process died; cleanup dropped its staging table
+
+    @property
+    def finished(self) -> bool:
+        return self in (LoadStatus.PUBLISHED, LoadStatus.COMPLETE)
+
+
+FINISHED = (LoadStatus.PUBLISHED, LoadStatus.COMPLETE)
+
+
+class LetterStatus(enum.StrEnum):
+    PENDING = "pending"
+    OPEN = "open"
+    REPLAYED = "replayed"
+    SUPERSEDED = "superseded"
+    DISCARDED = "discarded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,19 +105,81 @@ class PartitionTotals:
     dead_lettered: int
 
 
-class LedgerTables:
-    """Names and statements for the ledger tables in one schema."""
+@dataclass(frozen=True, slots=True)
+class DeadLoad:
+    """A load whose process is gone: status ``loading`` or ``failed``, its lock free."""
+
+    key: LoadKey
+    status: LoadStatus
+    staging_table: str | None
+
+
+def _check(column: str, values: type[enum.StrEnum]) -> str:
+    return f"CHECK ({column} IN ({', '.join(repr(v.value) for v in values)}))"
+
+
+class Ledger:
+    """The ledger tables of one schema, and every statement that reads or writes them."""
 
     def __init__(self, schema: str = "etl") -> None:
         self.schema = schema
         self.ledger = qualified(schema, "load_ledger")
         self.dead_letters = qualified(schema, "dead_letters")
         self.loads = qualified(schema, "partition_loads")
+        self.version_table = qualified(schema, "ledger_version")
 
-    def ddl(self) -> list[str]:
-        """Idempotent DDL (safe to run on every start, concurrently guarded by a lock)."""
+    # --- layout ---------------------------------------------------------------------
+
+    async def ensure(self, conn: asyncpg.Connection) -> None:
+        """Create the current layout, or migrate an older one in place (idempotent)."""
+        if await self._version(conn) == SCHEMA_VERSION:  # the usual case: no lock, no COMMIT
+            return
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", DDL_LOCK)
+            version = await self._version(conn)
+            if version == SCHEMA_VERSION:
+                return
+            if version is not None and version > SCHEMA_VERSION:
+                raise ConfigurationError(
+                    f"the ledger in schema {self.schema!r} has layout v{version}, newer than "
+                    f"this etl_assets (v{SCHEMA_VERSION}); upgrade etl_assets"
+                )
+            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(self.schema)}")
+            if version is None and await self._has_v1_layout(conn):
+                version = 1
+            if version == 1:
+                for statement in self._migrate_v1_to_v2():
+                    await conn.execute(statement)
+            else:
+                for statement in self._create_v2():
+                    await conn.execute(statement)
+            await conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {self.version_table} "
+                "(version integer NOT NULL, migrated_at timestamptz NOT NULL)"
+            )
+            await conn.execute(f"DELETE FROM {self.version_table}")
+            await conn.execute(
+                f"INSERT INTO {self.version_table} VALUES ($1, clock_timestamp())", SCHEMA_VERSION
+            )
+
+    async def _version(self, conn: asyncpg.Connection) -> int | None:
+        if await conn.fetchval("SELECT to_regclass($1) IS NULL", self.version_table):
+            return None
+        version: int | None = await conn.fetchval(f"SELECT max(version) FROM {self.version_table}")
+        return version
+
+    async def _has_v1_layout(self, conn: asyncpg.Connection) -> bool:
+        """v1 (before the version table): dead letters carried a ``replayed`` flag."""
+        return bool(
+            await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) "
+                "AND attname = 'replayed' AND NOT attisdropped)",
+                self.dead_letters,
+            )
+        )
+
+    def _create_v2(self) -> list[str]:
         return [
-            f"CREATE SCHEMA IF NOT EXISTS {quote_ident(self.schema)}",
             f"""CREATE TABLE IF NOT EXISTS {self.ledger} (
                 target text NOT NULL,
                 partition_key text NOT NULL,
@@ -86,57 +209,134 @@ class LedgerTables:
                 attempts integer NOT NULL,
                 first_seen timestamptz NOT NULL DEFAULT clock_timestamp(),
                 last_seen timestamptz NOT NULL DEFAULT clock_timestamp(),
-                replayed boolean NOT NULL DEFAULT false,
-                replayed_at timestamptz,
+                {self._letter_columns_v2()},
                 UNIQUE (target, partition_key, load_id, record_no)
             )""",
-            f"ALTER TABLE {self.dead_letters} ADD COLUMN IF NOT EXISTS replayed_by text",
-            f"""CREATE INDEX IF NOT EXISTS dead_letters_open_idx
-                ON {self.dead_letters} (target, partition_key) WHERE NOT replayed""",
+            self._open_index(),
             f"""CREATE TABLE IF NOT EXISTS {self.loads} (
                 target text NOT NULL,
                 partition_key text NOT NULL,
                 load_id text NOT NULL,
                 mode text NOT NULL,
-                status text NOT NULL
-                    CHECK (status IN ('loading', 'failed', 'published', 'complete')),
+                status text NOT NULL {_check("status", LoadStatus)},
                 staging_table text,
                 enqueued bigint,
                 written bigint,
                 dead_lettered bigint,
                 started_at timestamptz NOT NULL DEFAULT clock_timestamp(),
                 finished_at timestamptz,
+                base_load_id text,
                 PRIMARY KEY (target, partition_key, load_id)
             )""",
         ]
 
-    # --- batch ledger -------------------------------------------------------------
-
-    def select_batch(self) -> str:
+    def _letter_columns_v2(self) -> str:
         return (
+            f"status text NOT NULL DEFAULT 'pending' {_check('status', LetterStatus)}, "
+            "replay_attempts integer NOT NULL DEFAULT 0, "
+            "last_error_class text, last_error_message text, "
+            "resolved_at timestamptz, resolved_by text, resolution text"
+        )
+
+    def _open_index(self) -> str:
+        return (
+            f"CREATE INDEX IF NOT EXISTS dead_letters_status_idx "
+            f"ON {self.dead_letters} (target, partition_key, status)"
+        )
+
+    def _migrate_v1_to_v2(self) -> list[str]:
+        """v1 kept a ``replayed`` flag and counted every unreplayed letter as open.
+
+        A v1 replay copied a letter that failed again into a new letter of the replay
+        load (``record_no`` = the original's id): the original is superseded by its copy.
+        """
+        dl, loads = self.dead_letters, self.loads
+        current = (
+            f"(SELECT c.load_id FROM {loads} AS c WHERE c.target = l.target "
+            f"AND c.partition_key = l.partition_key AND c.mode <> '{REPLAY_MODE}' "
+            f"AND c.status IN ('published', 'complete') ORDER BY c.finished_at DESC LIMIT 1)"
+        )
+        columns = ", ".join(f"ADD COLUMN {c}" for c in self._letter_columns_v2().split(", "))
+        return [
+            f"ALTER TABLE {dl} {columns}",
+            f"ALTER TABLE {loads} ADD COLUMN base_load_id text",
+            f"ALTER TABLE {loads} DROP CONSTRAINT IF EXISTS partition_loads_status_check",
+            f"ALTER TABLE {loads} ADD CONSTRAINT partition_loads_status_check "
+            f"{_check('status', LoadStatus)}",
+            f"""UPDATE {loads} AS r SET base_load_id = (
+                    SELECT l.load_id FROM {loads} AS l WHERE l.target = r.target
+                    AND l.partition_key = r.partition_key AND l.mode <> '{REPLAY_MODE}'
+                    AND l.status IN ('published', 'complete') AND l.finished_at < r.started_at
+                    ORDER BY l.finished_at DESC LIMIT 1)
+                WHERE r.mode = '{REPLAY_MODE}'""",
+            f"""UPDATE {dl} SET status = 'replayed', resolved_at = replayed_at,
+                    resolved_by = replayed_by, resolution = 'replayed (v1)'
+                WHERE replayed""",
+            f"""UPDATE {dl} AS o SET status = 'superseded', resolved_at = c.first_seen,
+                    resolved_by = c.load_id,
+                    resolution = 'failed again on replay; carried on as letter ' || c.id
+                FROM {dl} AS c JOIN {loads} AS r USING (target, partition_key, load_id)
+                WHERE r.mode = '{REPLAY_MODE}' AND c.target = o.target
+                AND c.partition_key = o.partition_key AND c.record_no = o.id""",
+            f"""UPDATE {dl} AS d SET status = 'open' FROM {loads} AS l
+                WHERE d.status = 'pending' AND l.target = d.target
+                AND l.partition_key = d.partition_key AND l.load_id = d.load_id
+                AND (l.load_id = {current} OR l.base_load_id = {current})""",
+            f"""UPDATE {dl} AS d SET status = 'superseded', resolved_at = clock_timestamp(),
+                    resolution = 'a later load of the partition published (v1)'
+                FROM {loads} AS l
+                WHERE d.status = 'pending' AND l.target = d.target
+                AND l.partition_key = d.partition_key AND l.load_id = d.load_id
+                AND l.status IN ('published', 'complete')""",
+            f"DROP INDEX IF EXISTS {quote_ident(self.schema)}.dead_letters_open_idx",
+            f"ALTER TABLE {dl} DROP COLUMN replayed, DROP COLUMN replayed_at, "
+            "DROP COLUMN replayed_by",
+            self._open_index(),
+        ]
+
+    # --- batches --------------------------------------------------------------------
+
+    async def committed_batch(
+        self, conn: asyncpg.Connection, key: LoadKey, batch_no: int
+    ) -> asyncpg.Record | None:
+        return await conn.fetchrow(
             f"SELECT batch_no, enqueued, written, dead_lettered, attempts, batch_digest "
             f"FROM {self.ledger} "
-            f"WHERE target = $1 AND partition_key = $2 AND load_id = $3 AND batch_no = $4"
+            f"WHERE target = $1 AND partition_key = $2 AND load_id = $3 AND batch_no = $4",
+            *key,
+            batch_no,
         )
 
-    def insert_batch(self) -> str:
-        return (
+    async def record_batch(
+        self, conn: asyncpg.Connection, key: LoadKey, row: BatchLedgerRow
+    ) -> None:
+        await conn.execute(
             f"INSERT INTO {self.ledger} (target, partition_key, load_id, batch_no, enqueued, "
             f"written, dead_lettered, attempts, batch_digest) "
-            f"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+            f"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            *key,
+            row.batch_no,
+            row.enqueued,
+            row.written,
+            row.dead_lettered,
+            row.attempts,
+            row.digest,
         )
 
-    def sum_batches(self) -> str:
-        return (
-            f"SELECT count(*), coalesce(sum(enqueued), 0), coalesce(sum(written), 0), "
-            f"coalesce(sum(dead_lettered), 0) FROM {self.ledger} "
-            f"WHERE target = $1 AND partition_key = $2 AND load_id = $3"
-        )
+    async def record_dead_letters(
+        self,
+        conn: asyncpg.Connection,
+        key: LoadKey,
+        batch_no: int,
+        attempts: int,
+        letters: Sequence[Any],
+    ) -> None:
+        """One round trip per batch. ``pending`` until the load publishes.
 
-    def insert_dead_letters(self) -> str:
-        # ON CONFLICT: a replayed batch (unknown commit outcome) must not fail on, nor
-        # duplicate, the dead letters its first attempt already committed.
-        return (
+        ON CONFLICT: a replayed batch (unknown commit outcome) must not fail on, nor
+        duplicate, the dead letters its first attempt already committed.
+        """
+        await conn.execute(
             f"INSERT INTO {self.dead_letters} (target, partition_key, load_id, batch_no, "
             f"record_no, payload, error_class, error_message, sqlstate, error_detail, attempts) "
             f"SELECT $1, $2, $3, $4, d.record_no, d.payload::jsonb, d.error_class, "
@@ -145,42 +345,335 @@ class LedgerTables:
             f"$11::text[]) AS d(record_no, payload, error_class, error_message, sqlstate, "
             f"error_detail) "
             f"ON CONFLICT (target, partition_key, load_id, record_no) "
-            f"DO UPDATE SET last_seen = clock_timestamp()"
+            f"DO UPDATE SET last_seen = clock_timestamp()",
+            *key,
+            batch_no,
+            attempts,
+            *_letter_arrays(letters),
         )
 
-    # --- partition loads ----------------------------------------------------------
-
-    def select_load(self) -> str:
-        return (
-            f"SELECT status, staging_table FROM {self.loads} "
-            f"WHERE target = $1 AND partition_key = $2 AND load_id = $3"
+    async def totals(self, conn: asyncpg.Connection, key: LoadKey) -> PartitionTotals:
+        row = await conn.fetchrow(
+            f"SELECT count(*), coalesce(sum(enqueued), 0), coalesce(sum(written), 0), "
+            f"coalesce(sum(dead_lettered), 0) FROM {self.ledger} "
+            f"WHERE target = $1 AND partition_key = $2 AND load_id = $3",
+            *key,
         )
+        return PartitionTotals(*row)
 
-    def begin_load(self) -> str:
-        return (
+    async def dead_letter_rows(self, conn: asyncpg.Connection, key: LoadKey) -> int:
+        """Letters recorded for the load, whatever became of them since."""
+        count: int = await conn.fetchval(
+            f"SELECT count(*) FROM {self.dead_letters} "
+            "WHERE target = $1 AND partition_key = $2 AND load_id = $3",
+            *key,
+        )
+        return count
+
+    # --- loads ----------------------------------------------------------------------
+
+    async def status(self, conn: asyncpg.Connection, key: LoadKey) -> LoadStatus | None:
+        status = await conn.fetchval(
+            f"SELECT status FROM {self.loads} "
+            "WHERE target = $1 AND partition_key = $2 AND load_id = $3",
+            *key,
+        )
+        return None if status is None else LoadStatus(status)
+
+    async def lock_status(self, conn: asyncpg.Connection, key: LoadKey) -> LoadStatus | None:
+        """The status, row-locked until the transaction ends (publish decides on it)."""
+        status = await conn.fetchval(
+            f"SELECT status FROM {self.loads} "
+            "WHERE target = $1 AND partition_key = $2 AND load_id = $3 FOR UPDATE",
+            *key,
+        )
+        return None if status is None else LoadStatus(status)
+
+    async def begin_load(
+        self,
+        conn: asyncpg.Connection,
+        key: LoadKey,
+        mode: str,
+        staging_table: str | None,
+        base_load_id: str | None = None,
+    ) -> None:
+        """The load's ``loading`` row; a failed load resumed under its id starts again."""
+        await conn.execute(
             f"INSERT INTO {self.loads} (target, partition_key, load_id, mode, status, "
-            f"staging_table) VALUES ($1, $2, $3, $4, 'loading', $5) "
+            f"staging_table, base_load_id) VALUES ($1, $2, $3, $4, 'loading', $5, $6) "
             f"ON CONFLICT (target, partition_key, load_id) DO UPDATE "
             f"SET status = 'loading', finished_at = NULL "
-            f"WHERE {self.loads}.status IN ('loading', 'failed')"
+            f"WHERE {self.loads}.status IN ('loading', 'failed')",
+            *key,
+            mode,
+            staging_table,
+            base_load_id,
         )
 
-    def finish_load(self) -> str:
-        return (
+    async def finish_load(
+        self,
+        conn: asyncpg.Connection,
+        key: LoadKey,
+        status: LoadStatus,
+        totals: PartitionTotals,
+    ) -> None:
+        await conn.execute(
             f"UPDATE {self.loads} SET status = $4, enqueued = $5, written = $6, "
             f"dead_lettered = $7, finished_at = clock_timestamp() "
-            f"WHERE target = $1 AND partition_key = $2 AND load_id = $3"
+            f"WHERE target = $1 AND partition_key = $2 AND load_id = $3",
+            *key,
+            status.value,
+            totals.enqueued,
+            totals.written,
+            totals.dead_lettered,
         )
 
-    def fail_load(self) -> str:
-        return (
+    async def fail_load(self, conn: asyncpg.Connection, key: LoadKey) -> None:
+        await conn.execute(
             f"UPDATE {self.loads} SET status = 'failed', finished_at = clock_timestamp() "
-            f"WHERE target = $1 AND partition_key = $2 AND load_id = $3 AND status = 'loading'"
+            f"WHERE target = $1 AND partition_key = $2 AND load_id = $3 AND status = 'loading'",
+            *key,
         )
 
+    async def current_load(
+        self, conn: asyncpg.Connection, target: str, partition_key: str
+    ) -> asyncpg.Record | None:
+        """The partition's newest finished load (replays aside): what the partition holds."""
+        return await conn.fetchrow(
+            f"SELECT load_id, finished_at FROM {self.loads} "
+            f"WHERE target = $1 AND partition_key = $2 AND mode <> $3 "
+            f"AND status IN ('published', 'complete') ORDER BY finished_at DESC LIMIT 1",
+            target,
+            partition_key,
+            REPLAY_MODE,
+        )
 
-def dead_letter_arrays(letters: Sequence[Any]) -> list[list[Any]]:
-    """Column arrays for :meth:`LedgerTables.insert_dead_letters` (one round trip per batch)."""
+    async def replayed_in(self, conn: asyncpg.Connection, key: LoadKey) -> int:
+        """Rows that replays wrote into the load's partition (ledger rows, not load totals:
+        a replay that died halfway still wrote its committed batches)."""
+        count: int = await conn.fetchval(
+            f"SELECT coalesce(sum(b.written), 0) FROM {self.ledger} AS b "
+            f"JOIN {self.loads} AS l USING (target, partition_key, load_id) "
+            f"WHERE b.target = $1 AND b.partition_key = $2 AND l.mode = $3 "
+            f"AND l.base_load_id = $4",
+            key.target,
+            key.partition_key,
+            REPLAY_MODE,
+            key.load_id,
+        )
+        return count
+
+    # --- the dead letters' life -------------------------------------------------------
+
+    async def letter_counts(self, conn: asyncpg.Connection, key: LoadKey) -> dict[str, int]:
+        """The load's letters (and its replays') by status."""
+        rows = await conn.fetch(
+            f"SELECT d.status, count(*) FROM {self.dead_letters} AS d "
+            f"WHERE {self._of_load_or_its_replays(1)} GROUP BY 1",
+            *key,
+        )
+        return {row[0]: row[1] for row in rows}
+
+    def _of_load_or_its_replays(self, first: int) -> str:
+        """SQL: letter ``d`` belongs to the load ``$first..$first+2`` or a replay of it
+        (replays of the v1 layout kept letters of their own)."""
+        a, b, c = f"${first}", f"${first + 1}", f"${first + 2}"
+        return (
+            f"d.target = {a} AND d.partition_key = {b} AND (d.load_id = {c} OR d.load_id IN "
+            f"(SELECT r.load_id FROM {self.loads} AS r WHERE r.target = {a} "
+            f"AND r.partition_key = {b} AND r.mode = '{REPLAY_MODE}' AND r.base_load_id = {c}))"
+        )
+
+    async def publish_letters(self, conn: asyncpg.Connection, key: LoadKey) -> int:
+        """In the publish transaction: the load's letters open, every other unresolved
+        letter of the partition is superseded (the new load read the source again)."""
+        await conn.execute(
+            f"UPDATE {self.dead_letters} SET status = 'superseded', "
+            f"resolved_at = clock_timestamp(), resolved_by = $3, "
+            f"resolution = 'load ' || $3 || ' of the partition published' "
+            f"WHERE target = $1 AND partition_key = $2 AND load_id <> $3 "
+            f"AND status IN ('pending', 'open')",
+            *key,
+        )
+        status = await conn.execute(
+            f"UPDATE {self.dead_letters} SET status = 'open' "
+            f"WHERE target = $1 AND partition_key = $2 AND load_id = $3 AND status = 'pending'",
+            *key,
+        )
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def open_letters(
+        self,
+        conn: asyncpg.Connection,
+        base: LoadKey,
+        *,
+        after_id: int,
+        limit: int,
+        error_classes: Sequence[str] = (),
+        ids: Sequence[int] = (),
+        exclude_classes: Sequence[str] = (),
+    ) -> list[asyncpg.Record]:
+        """The next page of the load's open letters (optionally filtered), by id."""
+        rows: list[asyncpg.Record] = await conn.fetch(
+            f"SELECT d.id, d.payload::text AS payload, d.error_class, d.error_message, "
+            f"d.replay_attempts, d.last_error_class, d.last_error_message "
+            f"FROM {self.dead_letters} AS d WHERE {self._of_load_or_its_replays(1)} "
+            f"AND d.status = 'open' AND d.id > $4 "
+            f"AND (cardinality($5::text[]) = 0 OR d.error_class = ANY($5::text[])) "
+            f"AND (cardinality($6::bigint[]) = 0 OR d.id = ANY($6::bigint[])) "
+            f"AND d.error_class <> ALL($7::text[]) "
+            f"ORDER BY d.id LIMIT $8",
+            *base,
+            after_id,
+            list(error_classes),
+            list(ids),
+            list(exclude_classes),
+            limit,
+        )
+        return rows
+
+    async def claim_letters(
+        self, conn: asyncpg.Connection, base: LoadKey, ids: Sequence[int]
+    ) -> int:
+        """Row-lock the letters a replay batch re-drives; how many are still open.
+
+        The lock holds until the batch commits: a concurrent replay waits and then finds
+        them resolved; a load publishing meanwhile waits too (it supersedes them).
+        """
+        count: int = await conn.fetchval(
+            f"SELECT count(*) FROM (SELECT 1 FROM {self.dead_letters} AS d "
+            f"WHERE d.id = ANY($4::bigint[]) AND d.status = 'open' "
+            f"AND {self._of_load_or_its_replays(1)} FOR UPDATE) AS claimed",
+            *base,
+            list(ids),
+        )
+        return count
+
+    async def mark_replayed(
+        self, conn: asyncpg.Connection, ids: Sequence[int], replay_load_id: str
+    ) -> None:
+        await conn.execute(
+            f"UPDATE {self.dead_letters} SET status = 'replayed', "
+            f"replay_attempts = replay_attempts + 1, resolved_at = clock_timestamp(), "
+            f"resolved_by = $2, resolution = 'replayed' WHERE id = ANY($1::bigint[])",
+            list(ids),
+            replay_load_id,
+        )
+
+    async def mark_failed_again(self, conn: asyncpg.Connection, letters: Sequence[Any]) -> None:
+        """A replayed letter that failed again stays open, with the new error and count."""
+        if not letters:
+            return
+        await conn.execute(
+            f"UPDATE {self.dead_letters} AS d SET replay_attempts = d.replay_attempts + 1, "
+            f"last_error_class = f.error_class, last_error_message = f.error_message, "
+            f"last_seen = clock_timestamp() "
+            f"FROM unnest($1::bigint[], $2::text[], $3::text[]) "
+            f"AS f(id, error_class, error_message) WHERE d.id = f.id",
+            [d.record_no for d in letters],
+            [d.error_class for d in letters],
+            [d.error_message for d in letters],
+        )
+
+    async def discard(
+        self,
+        conn: asyncpg.Connection,
+        target: str,
+        partition_key: str,
+        ids: Sequence[int],
+        *,
+        by: str,
+        why: str,
+    ) -> list[int]:
+        """Resolve open letters by hand: kept, marked discarded, with who and why."""
+        rows = await conn.fetch(
+            f"UPDATE {self.dead_letters} SET status = 'discarded', "
+            f"resolved_at = clock_timestamp(), resolved_by = $4, resolution = $5 "
+            f"WHERE target = $1 AND partition_key = $2 AND id = ANY($3::bigint[]) "
+            f"AND status = 'open' RETURNING id",
+            target,
+            partition_key,
+            list(ids),
+            by,
+            why,
+        )
+        return sorted(r["id"] for r in rows)
+
+    # --- housekeeping ---------------------------------------------------------------
+
+    async def dead_loads(
+        self,
+        conn: asyncpg.Connection,
+        *,
+        target: str | None = None,
+        partition_key: str | None = None,
+        exclude_load_id: str | None = None,
+    ) -> list[DeadLoad]:
+        """Unfinished loads whose lock is free: their process is gone (or never resumed).
+
+        ``pg_try_advisory_xact_lock`` both tests and takes the lock: held until the
+        caller's transaction ends, so the load cannot start again under it meanwhile.
+        """
+        rows = await conn.fetch(
+            f"SELECT target, partition_key, load_id, status, staging_table "
+            f"FROM {self.loads} WHERE status IN ('loading', 'failed') "
+            f"AND ($1::text IS NULL OR target = $1) "
+            f"AND ($2::text IS NULL OR partition_key = $2) "
+            f"AND ($3::text IS NULL OR load_id <> $3) ORDER BY started_at",
+            target,
+            partition_key,
+            exclude_load_id,
+        )
+        dead = []
+        for row in rows:
+            key = LoadKey(row["target"], row["partition_key"], row["load_id"])
+            if await conn.fetchval(
+                "SELECT pg_try_advisory_xact_lock($1, hashtext($2))",
+                LOAD_LOCK_CLASS,
+                self.lock_name(key),
+            ):
+                dead.append(DeadLoad(key, LoadStatus(row["status"]), row["staging_table"]))
+        return dead
+
+    async def abandon(self, conn: asyncpg.Connection, load: DeadLoad, reason: str) -> None:
+        """The dead load is abandoned and its pending letters superseded (never deleted)."""
+        await conn.execute(
+            f"UPDATE {self.loads} SET status = 'abandoned', finished_at = clock_timestamp() "
+            f"WHERE target = $1 AND partition_key = $2 AND load_id = $3",
+            *load.key,
+        )
+        await conn.execute(
+            f"UPDATE {self.dead_letters} SET status = 'superseded', "
+            f"resolved_at = clock_timestamp(), resolution = $4 "
+            f"WHERE target = $1 AND partition_key = $2 AND load_id = $3 AND status = 'pending'",
+            *load.key,
+            reason,
+        )
+
+    async def apply_retention(self, conn: asyncpg.Connection, keep_days: int) -> int:
+        """Delete RESOLVED letters older than ``keep_days``; open ones are never deleted."""
+        status = await conn.execute(
+            f"DELETE FROM {self.dead_letters} "
+            f"WHERE status IN ('replayed', 'superseded', 'discarded') "
+            f"AND resolved_at < clock_timestamp() - make_interval(days => $1)",
+            keep_days,
+        )
+        return int(status.rsplit(" ", 1)[-1])
+
+    def lock_name(self, key: LoadKey) -> str:
+        """What a running load's advisory lock is keyed by (hashed to 32 bits)."""
+        return "\x1f".join((self.schema, *key))
+
+    async def hold_load_lock(self, conn: asyncpg.Connection, key: LoadKey) -> bool:
+        """Session lock on ``conn``: "this load runs". False if another process holds it."""
+        taken: bool = await conn.fetchval(
+            "SELECT pg_try_advisory_lock($1, hashtext($2))", LOAD_LOCK_CLASS, self.lock_name(key)
+        )
+        return taken
+
+
+def _letter_arrays(letters: Sequence[Any]) -> list[list[Any]]:
+    """Column arrays of dead letters (one ``unnest`` per batch)."""
     return [
         [d.record_no for d in letters],
         [d.payload for d in letters],

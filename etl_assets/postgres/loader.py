@@ -28,7 +28,8 @@ from etl_assets.arrow_shaper import ArrowShaper
 from etl_assets.breaker import DEFAULT_CONFIDENCE, reject_share_exceeded
 from etl_assets.errors import CircuitBreakerOpenError, ConfigurationError, EtlError, FatalError
 from etl_assets.postgres.arrow_copy import ArrowRows, column_types
-from etl_assets.postgres.ledger import LedgerTables, PartitionTotals
+from etl_assets.postgres.housekeeping import abandon_dead_loads, load_lock
+from etl_assets.postgres.ledger import DDL_LOCK, Ledger, LoadKey, LoadStatus, PartitionTotals
 from etl_assets.postgres.publish import StagedPublisher, TargetKind, audit, inspect_target
 from etl_assets.postgres.retry import RetryPolicy, with_retries
 from etl_assets.postgres.target import TableTarget, WriteMode
@@ -44,7 +45,6 @@ from etl_assets.records import (
 __all__ = [
     "LoadReport",
     "LoadSettings",
-    "ensure_ledger",
     "load_partition",
     "mark_load_failed",
     "resolve_load_id",
@@ -59,7 +59,6 @@ class Shaper(Protocol):
     def shape(self, first_record_no: int, chunk: Any) -> ShapedChunk: ...
 
 
-_DDL_LOCK = 0x65746C5F  # "etl_": serializes DDL of concurrent loads (CREATE IF NOT EXISTS races)
 _SAMPLE = 10
 
 
@@ -142,17 +141,17 @@ async def resolve_load_id(
     Dagster re-execution keeps the root run id, so a failed run re-executed resumes
     where it stopped, while re-executing a successful run loads the partition anew.
     """
-    ledger = LedgerTables(ledger_schema)
+    ledger = Ledger(ledger_schema)
 
-    async def status_of_root(conn: asyncpg.Connection) -> str | None:
-        await ensure_ledger(conn, ledger)
-        status: str | None = await conn.fetchval(
-            ledger.select_load(), target.name, day.isoformat(), root_id
-        )
-        return status
+    async def status_of_root(conn: asyncpg.Connection) -> LoadStatus | None:
+        await ledger.ensure(conn)
+        return await ledger.status(conn, LoadKey(target.name, day.isoformat(), root_id))
 
     status = await with_retries(pool, RetryPolicy(), status_of_root)
-    return fresh_id if status in ("published", "complete") else root_id
+    # A finished load is not loaded twice; an abandoned one (cleaned up) cannot resume.
+    if status is None or status in (LoadStatus.LOADING, LoadStatus.FAILED):
+        return root_id
+    return fresh_id
 
 
 async def load_partition(
@@ -183,21 +182,34 @@ async def _load_partition(
 ) -> LoadReport:
     settings = settings or LoadSettings()
     log = log or logging.getLogger(__name__)
-    ledger = LedgerTables(settings.ledger_schema)
-    key = (target.name, day.isoformat(), load_id)
-    publisher = StagedPublisher(target, ledger, day, load_id)
-    started = time.perf_counter()
+    ledger = Ledger(settings.ledger_schema)
+    key = LoadKey(target.name, day.isoformat(), load_id)
     # Classified here too (the IO manager already did), before any ledger row exists: the
     # engine API refuses a Series or a string just as an asset's output is refused.
-    records = frames.classify_output(records, f"{key[0]} partition {key[1]}")
+    records = frames.classify_output(records, str(key))
+    async with load_lock(pool, ledger, key, settings.retry):
+        return await _locked_load(pool, ledger, target, day, key, records, model, settings, log)
 
-    kind, types = await _prepare(pool, ledger, target, publisher, key, settings.retry)
+
+async def _locked_load(
+    pool: asyncpg.Pool,
+    ledger: Ledger,
+    target: TableTarget,
+    day: dt.date,
+    key: LoadKey,
+    records: Iterable[Any],
+    model: type[pydantic.BaseModel] | None,
+    settings: LoadSettings,
+    log: Log,
+) -> LoadReport:
+    started = time.perf_counter()
+    publisher = StagedPublisher(target, ledger, day, key.load_id)
+    kind, types = await _prepare(pool, ledger, target, publisher, key, settings.retry, log)
     writer = BatchWriter(
         pool,
         target,
         ledger,
-        partition_key=key[1],
-        load_id=load_id,
+        key=key,
         destination=publisher.staging,
         retry=settings.retry,
         max_dead_letters_per_batch=_poison_limit(settings),
@@ -218,10 +230,9 @@ async def _load_partition(
     elapsed = time.perf_counter() - started
     rows_per_s = totals.written / elapsed if elapsed else 0.0
     log.info(
-        "%s partition %s: %d/%d rows written, %d dead-lettered, %d batches (%d resumed), "
+        "%s: %d/%d rows written, %d dead-lettered, %d batches (%d resumed), "
         "%d retries, %.1fs, %.0f rows/s",
-        key[0],
-        key[1],
+        key,
         totals.written,
         totals.enqueued,
         totals.dead_lettered,
@@ -232,9 +243,9 @@ async def _load_partition(
         rows_per_s,
     )
     return LoadReport(
-        target=key[0],
-        partition_key=key[1],
-        load_id=load_id,
+        target=key.target,
+        partition_key=key.partition_key,
+        load_id=key.load_id,
         mode=target.mode.value,
         enqueued=totals.enqueued,
         written=totals.written,
@@ -271,44 +282,42 @@ def _chunks_and_shaper(
 
 async def _prepare(
     pool: asyncpg.Pool,
-    ledger: LedgerTables,
+    ledger: Ledger,
     target: TableTarget,
     publisher: StagedPublisher,
-    key: tuple[str, str, str],
+    key: LoadKey,
     retry: RetryPolicy,
+    log: Log,
 ) -> tuple[TargetKind, dict[str, str]]:
-    """DDL (idempotent, serialized) and the load's ``loading`` row; safe to retry.
+    """DDL (idempotent, serialized), dead loads of the partition cleaned up, and the
+    load's ``loading`` row; safe to retry.
 
     Also reads the staging table's column types: a columnar load casts to what the
     table really holds, which may predate the model.
     """
 
     async def prepare(conn: asyncpg.Connection) -> tuple[TargetKind, dict[str, str]]:
+        await ledger.ensure(conn)
         async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _DDL_LOCK)
-            await ensure_ledger(conn, ledger)
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", DDL_LOCK)
             await conn.execute(target.create_table_sql())
             kind = await inspect_target(conn, target)
-            status = await conn.fetchval(ledger.select_load(), *key)
-            if status in ("published", "complete"):
+            status = await ledger.status(conn, key)
+            if status is not None and status not in (LoadStatus.LOADING, LoadStatus.FAILED):
                 raise FatalError(
-                    f"{key[0]} partition {key[1]}: load {key[2]!r} already finished "
-                    f"({status}); a new load needs a new load id (see resolve_load_id)"
+                    f"{key}: load {key.load_id!r} already ended ({status}); "
+                    "a new load needs a new load id (see resolve_load_id)"
                 )
+            for dead in await abandon_dead_loads(
+                conn, ledger, target=key.target, partition_key=key.partition_key,
+                exclude_load_id=key.load_id,
+            ):  # fmt: skip
+                log.warning("%s: abandoned dead load %r (%s)", key, dead.key.load_id, dead.status)
             await publisher.prepare(conn)
-            await conn.execute(
-                ledger.begin_load(), *key, target.mode.value, publisher.staging_table
-            )
+            await ledger.begin_load(conn, key, target.mode.value, publisher.staging_table)
             return kind, await column_types(conn, *publisher.staging)
 
     return await with_retries(pool, retry, prepare)
-
-
-async def ensure_ledger(conn: asyncpg.Connection, ledger: LedgerTables) -> None:
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _DDL_LOCK)
-        for statement in ledger.ddl():
-            await conn.execute(statement)
 
 
 async def _pipeline(
@@ -319,7 +328,7 @@ async def _pipeline(
     settings: LoadSettings,
     progress: _Progress,
     log: Log,
-    key: tuple[str, str, str],
+    key: LoadKey,
     started: float,
 ) -> None:
     queue: asyncio.Queue[PreparedBatch | None] = asyncio.Queue(
@@ -342,9 +351,8 @@ async def _pipeline(
             _check_breaker(progress, settings, key)
             elapsed = time.perf_counter() - started
             log.info(
-                "%s partition %s: %d/%d rows written (lag %d), %d dead-lettered, %.0f rows/s",
-                key[0],
-                key[1],
+                "%s: %d/%d rows written (lag %d), %d dead-lettered, %.0f rows/s",
+                key,
                 progress.written,
                 progress.enqueued,
                 progress.enqueued - progress.written - progress.dead_lettered,
@@ -419,7 +427,7 @@ def _poison_limit(settings: LoadSettings) -> int | None:
     return math.ceil(max(settings.batch_size, settings.min_sample) * settings.max_dead_letter_ratio)
 
 
-def _check_breaker(progress: _Progress, settings: LoadSettings, key: tuple[str, str, str]) -> None:
+def _check_breaker(progress: _Progress, settings: LoadSettings, key: LoadKey) -> None:
     """Trip when the dead letters so far rule out a reject share within the limit.
 
     One rule for every size (``etl_assets.breaker``): 3 of 3 records trips, 1 of 3 does
@@ -436,7 +444,7 @@ def _check_breaker(progress: _Progress, settings: LoadSettings, key: tuple[str, 
         f"({settings.breaker_confidence:.0%} confidence)"
     )
     raise CircuitBreakerOpenError(
-        f"{key[0]} partition {key[1]}: circuit breaker open: {dead} of {handled} records "
+        f"{key}: circuit breaker open: {dead} of {handled} records "
         f"({dead / handled:.1%}) were dead-lettered, above the {limit:.1%} limit: {why}. "
         "That is a systemic failure (source format, schema, server, or an object that is not "
         "a stream of records), not a few bad records; the partition was not published. "
@@ -446,11 +454,11 @@ def _check_breaker(progress: _Progress, settings: LoadSettings, key: tuple[str, 
 
 async def _finish(
     pool: asyncpg.Pool,
-    ledger: LedgerTables,
+    ledger: Ledger,
     target: TableTarget,
     publisher: StagedPublisher,
     kind: TargetKind,
-    key: tuple[str, str, str],
+    key: LoadKey,
     progress: _Progress,
     settings: LoadSettings,
 ) -> PartitionTotals:
@@ -473,18 +481,16 @@ async def _finish(
 MARK_FAILED_BUDGET_S = 30.0
 
 
-async def mark_load_failed(
-    pool: asyncpg.Pool, ledger: LedgerTables, key: tuple[str, str, str], log: Log
-) -> None:
+async def mark_load_failed(pool: asyncpg.Pool, ledger: Ledger, key: LoadKey, log: Log) -> None:
     """Best effort, retried for a while: a load that failed because the server went away
     is marked ``failed`` once it is back, not left ``loading``. The original error wins.
     """
     policy = RetryPolicy(timeout_s=MARK_FAILED_BUDGET_S, wait_max_s=2.0)
     try:
         async with asyncio.timeout(MARK_FAILED_BUDGET_S + 5):
-            await with_retries(pool, policy, lambda conn: conn.execute(ledger.fail_load(), *key))
+            await with_retries(pool, policy, lambda conn: ledger.fail_load(conn, key))
     except (EtlError, TimeoutError, asyncio.CancelledError) as exc:
-        log.warning("%s partition %s: could not mark the load failed: %r", key[0], key[1], exc)
+        log.warning("%s: could not mark the load failed: %r", key, exc)
 
 
 def _first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:

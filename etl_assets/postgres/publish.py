@@ -28,7 +28,7 @@ import enum
 import asyncpg
 
 from etl_assets.errors import ConfigurationError, LoadIntegrityError
-from etl_assets.postgres.ledger import LedgerTables, PartitionTotals
+from etl_assets.postgres.ledger import Ledger, LoadKey, LoadStatus, PartitionTotals
 from etl_assets.postgres.sql import (
     column_list,
     day_check_constraint,
@@ -41,9 +41,7 @@ from etl_assets.postgres.sql import (
 )
 from etl_assets.postgres.target import TableTarget, WriteMode
 
-__all__ = ["FINISHED", "StagedPublisher", "TargetKind", "audit", "inspect_target"]
-
-FINISHED = ("published", "complete")
+__all__ = ["StagedPublisher", "TargetKind", "audit", "inspect_target"]
 
 
 class TargetKind(enum.Enum):
@@ -100,20 +98,18 @@ async def _missing_columns(conn: asyncpg.Connection, target: TableTarget) -> lis
 
 async def audit(
     conn: asyncpg.Connection,
-    ledger: LedgerTables,
-    key: tuple[str, str, str],
+    ledger: Ledger,
+    key: LoadKey,
     *,
     expected_enqueued: int,
     expected_batches: int,
 ) -> PartitionTotals:
     """Prove the ledger accounts for every record the asset handed over."""
-    batches, enqueued, written, dead = await conn.fetchrow(ledger.sum_batches(), *key)
-    totals = PartitionTotals(batches, enqueued, written, dead)
-    dead_rows = await conn.fetchval(
-        f"SELECT count(*) FROM {ledger.dead_letters} "
-        "WHERE target = $1 AND partition_key = $2 AND load_id = $3",
-        *key,
-    )
+    totals = await ledger.totals(conn, key)
+    batches, enqueued, written, dead = (
+        totals.batches, totals.enqueued, totals.written, totals.dead_lettered,
+    )  # fmt: skip
+    dead_rows = await ledger.dead_letter_rows(conn, key)
     problems = []
     if batches != expected_batches:
         problems.append(f"{batches} batches in the ledger, {expected_batches} cut")
@@ -124,20 +120,18 @@ async def audit(
     if dead_rows != dead:
         problems.append(f"{dead_rows} dead-letter rows, ledger says {dead}")
     if problems:
-        raise LoadIntegrityError(f"{key[0]} partition {key[1]}: " + "; ".join(problems))
+        raise LoadIntegrityError(f"{key}: " + "; ".join(problems))
     return totals
 
 
 class StagedPublisher:
     """Staging, audit and publish (replace) or merge (upsert) for one (target, partition, load)."""
 
-    def __init__(
-        self, target: TableTarget, ledger: LedgerTables, day: dt.date, load_id: str
-    ) -> None:
+    def __init__(self, target: TableTarget, ledger: Ledger, day: dt.date, load_id: str) -> None:
         self.target = target
         self.ledger = ledger
         self.day = day
-        self.key = (target.name, day.isoformat(), load_id)
+        self.key = LoadKey(target.name, day.isoformat(), load_id)
         self.staging_table = short_name("_etl_stage", *self.key)
 
     @property
@@ -163,39 +157,41 @@ class StagedPublisher:
     async def publish(
         self, conn: asyncpg.Connection, kind: TargetKind, totals: PartitionTotals
     ) -> None:
-        """Swap (replace) or merge (upsert) the staged rows in and record it, in ONE transaction."""
+        """Swap (replace) or merge (upsert) the staged rows in and record it, in ONE transaction.
+
+        The dead letters change hands first (this load's open, the partition's others
+        superseded): a replay batch holding some of them finishes before the swap, and
+        one that comes after finds them superseded (letters, then the table: one lock
+        order for both, so they serialize instead of deadlocking).
+        """
         async with conn.transaction():
-            status = await conn.fetchval(
-                f"SELECT status FROM {self.ledger.loads} "
-                "WHERE target = $1 AND partition_key = $2 AND load_id = $3 FOR UPDATE",
-                *self.key,
-            )
-            if status in FINISHED:  # an earlier attempt's COMMIT went through
+            status = await self.ledger.lock_status(conn, self.key)
+            if status is not None and status.finished:  # an earlier COMMIT went through
                 return
+            if status is not LoadStatus.LOADING:
+                raise LoadIntegrityError(
+                    f"{self.key}: load {self.key.load_id!r} is {status}, not loading "
+                    "(cleaned up as dead?); not publishing"
+                )
             staged = await self.staged_rows(conn)
             if staged != totals.written:
                 raise LoadIntegrityError(
-                    f"{self.key[0]} partition {self.key[1]}: staging holds {staged} rows, "
+                    f"{self.key}: staging holds {staged} rows, "
                     f"the ledger says {totals.written} were written; not publishing"
                 )
+            await self.ledger.publish_letters(conn, self.key)
             if self.target.mode is WriteMode.UPSERT:
                 await self._merge_rows(conn, staged)
             elif kind is TargetKind.PARTITIONED:
                 await self._swap_partition(conn)
             else:
                 await self._replace_rows(conn, staged)
-            await conn.execute(
-                self.ledger.finish_load(),
-                *self.key,
-                self.finished_status,
-                totals.enqueued,
-                totals.written,
-                totals.dead_lettered,
-            )
+            await self.ledger.finish_load(conn, self.key, self.finished_status, totals)
 
     @property
-    def finished_status(self) -> str:
-        return "complete" if self.target.mode is WriteMode.UPSERT else "published"
+    def finished_status(self) -> LoadStatus:
+        upsert = self.target.mode is WriteMode.UPSERT
+        return LoadStatus.COMPLETE if upsert else LoadStatus.PUBLISHED
 
     async def _merge_rows(self, conn: asyncpg.Connection, staged: int) -> None:
         cols = self.target.row_columns
@@ -205,7 +201,7 @@ class StagedPublisher:
         merged = int((await conn.execute(merge)).rsplit(" ", 1)[-1])
         if merged != staged:  # a trigger or rule swallowed rows: refuse rather than under-count
             raise LoadIntegrityError(
-                f"{self.key[0]} partition {self.key[1]}: merging {staged} staged rows "
+                f"{self.key}: merging {staged} staged rows "
                 f"affected {merged}; not completing the load"
             )
         await conn.execute(f"DROP TABLE {self.staging_sql}")
@@ -257,7 +253,7 @@ class StagedPublisher:
         )
         if in_table != staged:
             raise LoadIntegrityError(
-                f"{self.key[0]} partition {self.key[1]}: after publishing {staged} staged rows "
+                f"{self.key}: after publishing {staged} staged rows "
                 f"the table holds {in_table} for the day (a trigger or rule changed them); "
                 "not publishing"
             )

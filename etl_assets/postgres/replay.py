@@ -1,18 +1,24 @@
-"""Replay: re-drive a partition's dead letters after a fix, idempotently.
+"""Replay: re-drive a partition's open dead letters after a fix, each at most once.
 
 A replay is a load of its own (mode ``replay`` in ``partition_loads``, its own ledger
-rows), so the partition's accounting still adds up afterwards: the blocking check
-counts the rows replays wrote since the partition's last load.
+rows, ``base_load_id`` = the partition's current load), so the partition's accounting
+still adds up afterwards: the blocking check counts the rows the replays of the current
+load wrote, and checks them against the letters marked replayed.
 
-Which letters: the open ones of the partition's latest finished load, and of replays
-since. Letters of older loads were superseded when the partition was loaded again (the
-new load read the same source; replaying them would duplicate rows). ``DuplicateKey``
-letters are never replayed: the record that won is already in the table.
+Which letters: the open ones of the partition's current load (optionally only some
+error classes or ids). Letters of older loads were superseded when the partition was
+loaded again (the new load read the same source; replaying them would duplicate rows).
+``DuplicateKey`` letters are never replayed: the record that won is already in the table.
 
-Each batch claims its letters (``replayed = true``) first thing in the transaction that
-writes their rows, so a letter is re-driven exactly once even if two replays race: the
-loser finds them claimed and fails loudly without writing. A letter that fails again
-becomes a new dead letter of the replay load, with the new error.
+Each letter is revalidated against the current model, after an optional fix: a
+``transform`` (payload -> payload) or corrected payloads by letter id (see
+``etl_assets.dead_letter_file``). Each batch claims its letters (row locks, status
+``open``) first thing in the transaction that writes their rows and settles them in it:
+``replayed``, or still ``open`` with the new error and one more replay attempt. A
+concurrent replay waits and then finds them resolved; a load of the same partition
+publishing meanwhile supersedes them under the same locks, so a replay batch either
+commits before the swap (and its rows go with the old partition) or finds its letters
+superseded and writes nothing.
 """
 
 from __future__ import annotations
@@ -21,24 +27,36 @@ import dataclasses
 import datetime as dt
 import json
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 import pydantic
 
 from etl_assets.errors import ConfigurationError, FatalError, LoadIntegrityError
-from etl_assets.postgres.ledger import LedgerTables
-from etl_assets.postgres.loader import LoadSettings, ensure_ledger, mark_load_failed
-from etl_assets.postgres.retry import classified, connection, retrying, with_retries
+from etl_assets.postgres.housekeeping import load_lock
+from etl_assets.postgres.ledger import REPLAY_MODE, Ledger, LoadKey, LoadStatus
+from etl_assets.postgres.loader import LoadSettings, mark_load_failed
+from etl_assets.postgres.retry import with_retries
 from etl_assets.postgres.target import TableTarget, WriteMode
-from etl_assets.postgres.verify import REPLAY_MODE, latest_load
-from etl_assets.postgres.writer import BatchWriter, Claim, Log, PreparedBatch, batch_digest
-from etl_assets.records import RecordShaper
+from etl_assets.postgres.writer import BatchWriter, Log, PreparedBatch, batch_digest
+from etl_assets.records import DeadLetter, RecordShaper
 
-__all__ = ["ReplayReport", "replay_dead_letters"]
+__all__ = ["ReplayFilter", "ReplayReport", "replay_dead_letters"]
 
 NOT_REPLAYED = ("DuplicateKey",)
+Transform = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayFilter:
+    """Which open letters to re-drive (empty: all), and fixes to apply first."""
+
+    error_classes: Sequence[str] = ()
+    ids: Sequence[int] = ()
+    transform: Transform | None = None
+    corrected: Mapping[int, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,12 +72,6 @@ class ReplayReport:
     batches: int
 
 
-@dataclass(frozen=True, slots=True)
-class _Base:
-    load_id: str
-    finished_at: dt.datetime
-
-
 async def replay_dead_letters(
     pool: asyncpg.Pool,
     target: TableTarget,
@@ -69,88 +81,107 @@ async def replay_dead_letters(
     model: type[pydantic.BaseModel] | None,
     settings: LoadSettings | None = None,
     log: Log | None = None,
+    only: ReplayFilter | None = None,
 ) -> ReplayReport:
-    """Write the partition's replayable dead letters into ``target`` (a new ``load_id``)."""
+    """Write the partition's open, replayable dead letters into ``target`` (a new load)."""
     settings = settings or LoadSettings()
     log = log or logging.getLogger(__name__)
-    ledger = LedgerTables(settings.ledger_schema)
-    key = (target.name, day.isoformat(), load_id)
-    base = await _begin(pool, ledger, key, settings)
-    writer = BatchWriter(
-        pool,
-        target,
-        ledger,
-        partition_key=key[1],
-        load_id=load_id,
-        destination=(target.schema, target.table),
-        retry=settings.retry,
-        log=log,
-        claim=_claim(ledger, load_id),
-        upsert=target.mode is WriteMode.UPSERT,
-    )
-    shaper = RecordShaper(target.data_columns, target.partition_column, day, model)
-    replayed = written = dead = batches = 0
-    try:
-        after = 0
-        while page := await _page(pool, ledger, key, base, after, settings):
-            ids = [row["id"] for row in page]
-            batch = _batch(batches, ids, [json.loads(row["payload"]) for row in page], shaper)
-            result = await writer.write(batch)
-            replayed, written = replayed + result.enqueued, written + result.written
-            dead, batches, after = dead + result.dead_lettered, batches + 1, ids[-1]
-            log.info(
-                "%s partition %s: replayed %d dead letters, %d written, %d failed again",
-                *key[:2], replayed, written, dead,
-            )  # fmt: skip
-        await _finish(pool, ledger, key, (replayed, written, dead), settings)
-    except BaseException:
-        await mark_load_failed(pool, ledger, key, log)
-        raise
-    return ReplayReport(*key, replayed, written, dead, batches)
+    only = only or ReplayFilter()
+    if only.corrected and not only.ids:
+        only = dataclasses.replace(only, ids=sorted(only.corrected))
+    ledger = Ledger(settings.ledger_schema)
+    key = LoadKey(target.name, day.isoformat(), load_id)
+    async with load_lock(pool, ledger, key, settings.retry):
+        base = await _begin(pool, ledger, key, settings)
+        writer = BatchWriter(
+            pool,
+            target,
+            ledger,
+            key=key,
+            destination=(target.schema, target.table),
+            retry=settings.retry,
+            log=log,
+            letters=_ReplayedLetters(ledger, base, key.load_id),
+            upsert=target.mode is WriteMode.UPSERT,
+        )
+        shaper = RecordShaper(target.data_columns, target.partition_column, day, model)
+        totals = [0, 0, 0, 0]  # replayed, written, failed again, batches
+        try:
+            after = 0
+            while page := await _page(pool, ledger, base, only, after, settings):
+                ids = [row["id"] for row in page]
+                payloads = [_fixed(row, only) for row in page]
+                result = await writer.write(_batch(totals[3], ids, payloads, shaper))
+                totals = [
+                    totals[0] + result.enqueued,
+                    totals[1] + result.written,
+                    totals[2] + result.dead_lettered,
+                    totals[3] + 1,
+                ]
+                after = ids[-1]
+                log.info(
+                    "%s: replayed %d dead letters, %d written, %d failed again",
+                    key, *totals[:3],
+                )  # fmt: skip
+            await _finish(pool, ledger, key, tuple(totals[:3]), settings)
+        except BaseException:
+            await mark_load_failed(pool, ledger, key, log)
+            raise
+    return ReplayReport(*key, *totals)
+
+
+def _fixed(row: asyncpg.Record, only: ReplayFilter) -> Any:
+    """The letter's payload, corrected or transformed when a fix was given."""
+    payload = only.corrected.get(row["id"])
+    if payload is None:
+        payload = json.loads(row["payload"])
+    if only.transform is not None:
+        payload = only.transform(payload)
+    return payload
 
 
 async def _begin(
-    pool: asyncpg.Pool, ledger: LedgerTables, key: tuple[str, str, str], settings: LoadSettings
-) -> _Base:
+    pool: asyncpg.Pool, ledger: Ledger, key: LoadKey, settings: LoadSettings
+) -> LoadKey:
+    """The replay's ``loading`` row, naming the load whose letters it replays."""
 
-    async def begin(conn: asyncpg.Connection) -> _Base:
-        await ensure_ledger(conn, ledger)
-        base = await latest_load(conn, ledger, key[0], key[1])
+    async def begin(conn: asyncpg.Connection) -> LoadKey:
+        await ledger.ensure(conn)
+        base = await ledger.current_load(conn, key.target, key.partition_key)
         if base is None:
             raise ConfigurationError(
-                f"{key[0]} partition {key[1]} has no finished load to replay into; "
+                f"{key} has no finished load to replay into; "
                 "materialize the partition first (its dead letters come with it)"
             )
-        await conn.execute(ledger.begin_load(), *key, REPLAY_MODE, None)
-        return _Base(base["load_id"], base["finished_at"])
+        status = await ledger.status(conn, key)
+        if status is not None and status is not LoadStatus.FAILED:
+            raise FatalError(f"{key}: replay {key.load_id!r} already ran ({status})")
+        await ledger.begin_load(conn, key, REPLAY_MODE, None, base["load_id"])
+        return LoadKey(key.target, key.partition_key, base["load_id"])
 
     return await with_retries(pool, settings.retry, begin)
 
 
 async def _page(
     pool: asyncpg.Pool,
-    ledger: LedgerTables,
-    key: tuple[str, str, str],
-    base: _Base,
+    ledger: Ledger,
+    base: LoadKey,
+    only: ReplayFilter,
     after: int,
     settings: LoadSettings,
 ) -> list[asyncpg.Record]:
-    sql = f"""
-        SELECT d.id, d.payload::text AS payload
-        FROM {ledger.dead_letters} AS d
-        JOIN {ledger.loads} AS l USING (target, partition_key, load_id)
-        WHERE d.target = $1 AND d.partition_key = $2 AND NOT d.replayed
-          AND d.error_class <> ALL($3::text[]) AND d.id > $4 AND d.load_id <> $5
-          AND (d.load_id = $6 OR (l.mode = $7 AND l.started_at > $8))
-        ORDER BY d.id LIMIT $9"""
-    args = (
-        key[0], key[1], list(NOT_REPLAYED), after, key[2],
-        base.load_id, REPLAY_MODE, base.finished_at, settings.batch_size,
-    )  # fmt: skip
-    rows: list[asyncpg.Record] = await with_retries(
-        pool, settings.retry, lambda conn: conn.fetch(sql, *args)
-    )
-    return rows
+    async def page(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+        return await ledger.open_letters(
+            conn,
+            base,
+            after_id=after,
+            limit=settings.batch_size,
+            error_classes=only.error_classes,
+            ids=only.ids,
+            exclude_classes=NOT_REPLAYED,
+        )
+
+    return await with_retries(pool, settings.retry, page)
 
 
 def _batch(
@@ -169,42 +200,56 @@ def _batch(
     )
 
 
-def _claim(ledger: LedgerTables, load_id: str) -> Claim:
-    async def claim(conn: asyncpg.Connection, batch: PreparedBatch) -> None:
-        ids = [*batch.record_nos, *(d.record_no for d in batch.rejected)]
-        taken = await conn.fetchval(
-            f"WITH taken AS (UPDATE {ledger.dead_letters} SET replayed = true, "
-            f"replayed_at = clock_timestamp(), replayed_by = $1 "
-            f"WHERE id = ANY($2::bigint[]) AND NOT replayed RETURNING 1) "
-            f"SELECT count(*) FROM taken",
-            load_id,
-            ids,
-        )
-        if taken != len(ids):
+class _ReplayedLetters:
+    """A replay batch's letters: claimed first, settled in the same transaction."""
+
+    def __init__(self, ledger: Ledger, base: LoadKey, load_id: str) -> None:
+        self._ledger, self._base, self._load_id = ledger, base, load_id
+
+    @staticmethod
+    def _ids(batch: PreparedBatch) -> list[int]:
+        return [*batch.record_nos, *(d.record_no for d in batch.rejected)]
+
+    async def claim(self, conn: asyncpg.Connection, batch: PreparedBatch) -> None:
+        ids = self._ids(batch)
+        claimed = await self._ledger.claim_letters(conn, self._base, ids)
+        if claimed != len(ids):
             raise FatalError(
-                f"{len(ids) - taken} of {len(ids)} dead letters of replay batch "
-                f"{batch.batch_no} were replayed concurrently by another run; nothing of "
-                "this batch was written. Run the replay again to pick up what is left."
+                f"{len(ids) - claimed} of {len(ids)} dead letters of replay batch "
+                f"{batch.batch_no} are no longer open: another replay resolved them, or a "
+                "new load of the partition superseded them, meanwhile. Nothing of this batch "
+                "was written; run the replay again to pick up what is still open."
             )
 
-    return claim
+    async def settle(
+        self,
+        conn: asyncpg.Connection,
+        batch: PreparedBatch,
+        attempt_no: int,
+        letters: Sequence[DeadLetter],
+    ) -> None:
+        failed = {d.record_no for d in letters}
+        written = [i for i in self._ids(batch) if i not in failed]
+        await self._ledger.mark_replayed(conn, written, self._load_id)
+        await self._ledger.mark_failed_again(conn, letters)
 
 
 async def _finish(
     pool: asyncpg.Pool,
-    ledger: LedgerTables,
-    key: tuple[str, str, str],
-    totals: tuple[int, int, int],
+    ledger: Ledger,
+    key: LoadKey,
+    totals: tuple[int, ...],
     settings: LoadSettings,
 ) -> None:
-    async for attempt in retrying(settings.retry):
-        with attempt, classified():
-            async with connection(pool) as conn, conn.transaction():
-                _, *ledgered = await conn.fetchrow(ledger.sum_batches(), *key)
-                if tuple(ledgered) != totals:
-                    raise LoadIntegrityError(
-                        f"{key[0]} partition {key[1]} replay {key[2]}: the ledger holds "
-                        f"(replayed, written, dead) = {tuple(ledgered)}, the run counted {totals}"
-                    )
-                await conn.execute(ledger.finish_load(), *key, "complete", *totals)
-                return
+    async def finish(conn: asyncpg.Connection) -> None:
+        async with conn.transaction():
+            ledgered = await ledger.totals(conn, key)
+            counted = (ledgered.enqueued, ledgered.written, ledgered.dead_lettered)
+            if counted != totals:
+                raise LoadIntegrityError(
+                    f"{key} replay {key.load_id}: the ledger holds (replayed, written, "
+                    f"failed again) = {counted}, the run counted {totals}"
+                )
+            await ledger.finish_load(conn, key, LoadStatus.COMPLETE, ledgered)
+
+    await with_retries(pool, settings.retry, finish)

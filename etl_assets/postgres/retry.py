@@ -19,6 +19,7 @@ __all__ = [
     "classified",
     "connection",
     "retrying",
+    "call_with_retries",
     "with_retries",
 ]
 
@@ -72,15 +73,38 @@ async def with_retries(
 ) -> T:
     """``work(conn)`` on a fresh pooled connection per attempt, retried within ``policy``.
 
-    The one retry loop for a unit of database work (as stamina's ``RetryingCaller``):
-    driver errors are classified, transient ones retried, a connection that saw one is
-    discarded, and the last error is re-raised when the policy is spent. ``work`` must
-    be safe to run again (its own transaction, or idempotent).
+    Driver errors are classified, transient ones retried, and a connection that saw one
+    is discarded. ``work`` must be safe to run again (its own transaction, or idempotent).
     """
-    async for attempt in retrying(policy):
-        with attempt, classified():
+
+    async def on_connection(_attempt: int) -> T:
+        with classified():
             async with connection(pool) as conn:
                 return await work(conn)
+
+    return await call_with_retries(policy, on_connection)
+
+
+async def call_with_retries(
+    policy: RetryPolicy,
+    attempt: Callable[[int], Awaitable[T]],
+    on_retry: Callable[[int, RetryableError], None] | None = None,
+) -> T:
+    """``attempt(n)`` until it returns, retrying ``RetryableError`` within ``policy``.
+
+    The one retry loop of the package (as stamina's ``RetryingCaller``): the last error
+    is re-raised when the policy is spent; ``on_retry`` hears of each new attempt.
+    """
+    last_error: RetryableError | None = None
+    async for stamina_attempt in retrying(policy):
+        with stamina_attempt:
+            if last_error is not None and on_retry is not None:
+                on_retry(stamina_attempt.num, last_error)
+            try:
+                return await attempt(stamina_attempt.num)
+            except RetryableError as exc:
+                last_error = exc
+                raise
     raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
 
 

@@ -14,19 +14,11 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from etl_assets.postgres.ledger import LedgerTables
+from etl_assets.postgres.ledger import Ledger, LoadKey
 from etl_assets.postgres.sql import column_list, quote_ident
 from etl_assets.postgres.target import TableTarget, WriteMode
 
-__all__ = [
-    "REPLAY_MODE",
-    "PartitionAudit",
-    "audit_partition",
-    "duplicate_keys",
-    "latest_load",
-]
-
-REPLAY_MODE = "replay"
+__all__ = ["PartitionAudit", "audit_partition", "duplicate_keys"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,10 +30,12 @@ class PartitionAudit:
     enqueued: int
     written: int
     dead_lettered: int
-    replayed_in: int  # rows written into the partition by replays since that load
+    replayed_in: int  # rows written into the partition by replays of that load's letters
     in_table: int
     dead_letter_rows: int
     problems: tuple[str, ...]
+    letters_replayed: int = 0  # of that load's letters (and its replays'), marked replayed
+    letters_open: int = 0
 
     @property
     def ok(self) -> bool:
@@ -61,52 +55,40 @@ class PartitionAudit:
             "replayed_in": self.replayed_in,
             "in_table": self.in_table,
             "dead_letter_rows": self.dead_letter_rows,
+            "dead_letters_open": self.letters_open,
         }
 
 
 async def audit_partition(
-    conn: asyncpg.Connection, ledger: LedgerTables, target: TableTarget, day: dt.date
+    conn: asyncpg.Connection, ledger: Ledger, target: TableTarget, day: dt.date
 ) -> PartitionAudit:
-    """Compare the ledger of the partition's latest finished load with the target's rows."""
-    key = day.isoformat()
+    """Compare the ledger of the partition's current load with the target's rows."""
+    partition = day.isoformat()
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         for table in (target.sql_name, ledger.loads):
             if await conn.fetchval("SELECT to_regclass($1) IS NULL", table):
                 return PartitionAudit(
-                    key, None, 0, 0, 0, 0, 0, 0,
+                    partition, None, 0, 0, 0, 0, 0, 0,
                     (f"table {table} does not exist: the asset was never materialized",),
                 )  # fmt: skip
-        load = await latest_load(conn, ledger, target.name, key)
+        load = await ledger.current_load(conn, target.name, partition)
         in_table = await _count_rows(conn, target, day)
         if load is None:
             return PartitionAudit(
-                key, None, 0, 0, 0, 0, in_table, 0,
-                (f"partition {key} of {target.name} has no finished load in {ledger.loads}",),
+                partition, None, 0, 0, 0, 0, in_table, 0,
+                (f"partition {partition} of {target.name} has no finished load in "
+                 f"{ledger.loads}",),
             )  # fmt: skip
-        _, enqueued, written, dead = await conn.fetchrow(
-            ledger.sum_batches(), target.name, key, load["load_id"]
-        )
-        dead_rows = await conn.fetchval(
-            f"SELECT count(*) FROM {ledger.dead_letters} "
-            f"WHERE target = $1 AND partition_key = $2 AND load_id = $3",
-            target.name,
-            key,
-            load["load_id"],
-        )
-        # Ledger rows, not load totals: a replay that died halfway still wrote its batches.
-        replayed_in = await conn.fetchval(
-            f"SELECT coalesce(sum(b.written), 0) FROM {ledger.ledger} AS b "
-            f"JOIN {ledger.loads} AS l USING (target, partition_key, load_id) "
-            f"WHERE b.target = $1 AND b.partition_key = $2 AND l.mode = $3 "
-            f"AND l.started_at > $4",
-            target.name,
-            key,
-            REPLAY_MODE,
-            load["finished_at"],
-        )
+        key = LoadKey(target.name, partition, load["load_id"])
+        totals = await ledger.totals(conn, key)
+        dead_rows = await ledger.dead_letter_rows(conn, key)
+        replayed_in = await ledger.replayed_in(conn, key)
+        letters = await ledger.letter_counts(conn, key)
     audit = PartitionAudit(
-        key, load["load_id"], enqueued, written, dead, replayed_in, in_table, dead_rows, ()
-    )
+        partition, key.load_id, totals.enqueued, totals.written, totals.dead_lettered,
+        replayed_in, in_table, dead_rows, (),
+        letters_replayed=letters.get("replayed", 0), letters_open=letters.get("open", 0),
+    )  # fmt: skip
     return _with_problems(audit, target)
 
 
@@ -121,6 +103,11 @@ def _with_problems(audit: PartitionAudit, target: TableTarget) -> PartitionAudit
         problems.append(
             f"{audit.dead_letter_rows} dead-letter rows, the ledger counts {audit.dead_lettered}"
         )
+    if audit.letters_replayed != audit.replayed_in:
+        problems.append(
+            f"{audit.letters_replayed} dead letter(s) marked replayed, the replays' ledger "
+            f"wrote {audit.replayed_in} row(s)"
+        )
     accounted = audit.written + audit.replayed_in
     if audit.in_table < accounted:
         problems.append(
@@ -134,20 +121,6 @@ def _with_problems(audit: PartitionAudit, target: TableTarget) -> PartitionAudit
             f"{audit.in_table} rows for {audit.partition_key}, the ledger accounts for {accounted}"
         )
     return dataclasses.replace(audit, problems=tuple(problems))
-
-
-async def latest_load(
-    conn: asyncpg.Connection, ledger: LedgerTables, target_name: str, partition_key: str
-) -> asyncpg.Record | None:
-    """The partition's newest finished load (replays aside): what the partition holds."""
-    return await conn.fetchrow(
-        f"SELECT load_id, finished_at FROM {ledger.loads} "
-        f"WHERE target = $1 AND partition_key = $2 AND mode <> $3 "
-        f"AND status IN ('published', 'complete') ORDER BY finished_at DESC LIMIT 1",
-        target_name,
-        partition_key,
-        REPLAY_MODE,
-    )
 
 
 async def _count_rows(conn: asyncpg.Connection, target: TableTarget, day: dt.date) -> int:

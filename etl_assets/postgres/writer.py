@@ -18,7 +18,7 @@ import hashlib
 import logging
 import pickle
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -32,20 +32,57 @@ from etl_assets.errors import (
     classify,
 )
 from etl_assets.postgres.arrow_copy import ArrowRows, copy_arrow
-from etl_assets.postgres.ledger import LedgerTables, dead_letter_arrays
-from etl_assets.postgres.retry import DRIVER_ERRORS, RetryPolicy, connection, retrying
+from etl_assets.postgres.ledger import BatchLedgerRow, Ledger, LoadKey
+from etl_assets.postgres.retry import DRIVER_ERRORS, RetryPolicy, call_with_retries, connection
 from etl_assets.postgres.sql import quote_ident, upsert_statement
 from etl_assets.postgres.target import TableTarget
 from etl_assets.records import DeadLetter, no_nul, payload_json
 
-__all__ = ["BatchResult", "BatchWriter", "Log", "PreparedBatch", "batch_digest"]
+__all__ = ["BatchResult", "BatchWriter", "LetterSink", "Log", "PreparedBatch", "batch_digest"]
 
 Row = tuple[Any, ...]
 
 _UPSERT_STAGE = "_etl_upsert_stage"
 
-Claim = Callable[[asyncpg.Connection, "PreparedBatch"], Awaitable[None]]
-"""Runs first in a batch's transaction (replay: take the dead letters it re-drives)."""
+
+class LetterSink(Protocol):
+    """Where a batch's dead letters go, inside the batch's transaction.
+
+    A load records new letters; a replay claims the letters it re-drives first, and
+    afterwards marks them replayed, or failed again with the new error.
+    """
+
+    async def claim(self, conn: asyncpg.Connection, batch: PreparedBatch) -> None: ...
+
+    async def settle(
+        self,
+        conn: asyncpg.Connection,
+        batch: PreparedBatch,
+        attempt_no: int,
+        letters: Sequence[DeadLetter],
+    ) -> None: ...
+
+
+class NewLetters:
+    """A load's sink: every letter is a new row of the dead-letter table (``pending``)."""
+
+    def __init__(self, ledger: Ledger, key: LoadKey) -> None:
+        self._ledger, self._key = ledger, key
+
+    async def claim(self, conn: asyncpg.Connection, batch: PreparedBatch) -> None:
+        return None
+
+    async def settle(
+        self,
+        conn: asyncpg.Connection,
+        batch: PreparedBatch,
+        attempt_no: int,
+        letters: Sequence[DeadLetter],
+    ) -> None:
+        if letters:
+            await self._ledger.record_dead_letters(
+                conn, self._key, batch.batch_no, attempt_no, letters
+            )
 
 
 class Log(Protocol):
@@ -113,27 +150,26 @@ class BatchWriter:
         self,
         pool: asyncpg.Pool,
         target: TableTarget,
-        ledger: LedgerTables,
+        ledger: Ledger,
         *,
-        partition_key: str,
-        load_id: str,
+        key: LoadKey,
         destination: tuple[str, str],
         retry: RetryPolicy,
         max_dead_letters_per_batch: int | None = None,
         log: Log | None = None,
-        claim: Claim | None = None,
+        letters: LetterSink | None = None,
         upsert: bool = False,
     ) -> None:
         self._pool = pool
         self._target = target
         self._ledger = ledger
-        self._key = (target.name, partition_key, load_id)
+        self._key = key
         self._destination = destination
         self._retry = retry
         self._max_dead = max_dead_letters_per_batch
         self._log: Log = log or logging.getLogger(__name__)
         self._columns = list(target.row_columns)
-        self._claim = claim
+        self._letters: LetterSink = letters or NewLetters(ledger, key)
         self._upsert = upsert
         if upsert:
             self._upsert_sql = upsert_statement(
@@ -145,34 +181,23 @@ class BatchWriter:
 
     async def write(self, batch: PreparedBatch) -> BatchResult:
         """Commit ``batch`` exactly once, retrying transient failures within the policy."""
-        attempt_no = 0
-        last_error: RetryableError | None = None
-        async for attempt in retrying(self._retry):
-            with attempt:
-                attempt_no = attempt.num
-                if last_error is not None:
-                    self._log.warning(
-                        "%s partition %s batch %d: attempt %d after %s",
-                        *self._key[:2],
-                        batch.batch_no,
-                        attempt_no,
-                        last_error,
-                    )
-                try:
-                    return await self._attempt(batch, attempt_no)
-                except RetryableError as exc:
-                    last_error = exc
-                    raise
-        raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
+
+        def on_retry(attempt_no: int, error: RetryableError) -> None:
+            self._log.warning(
+                "%s batch %d: attempt %d after %s", self._key, batch.batch_no, attempt_no, error
+            )
+
+        return await call_with_retries(
+            self._retry, lambda attempt_no: self._attempt(batch, attempt_no), on_retry
+        )
 
     async def _attempt(self, batch: PreparedBatch, attempt_no: int) -> BatchResult:
         try:
             async with connection(self._pool) as conn, conn.transaction():
-                done = await conn.fetchrow(self._ledger.select_batch(), *self._key, batch.batch_no)
+                done = await self._ledger.committed_batch(conn, self._key, batch.batch_no)
                 if done is not None:
                     return self._committed_before(batch, done)
-                if self._claim is not None:
-                    await self._claim(conn, batch)
+                await self._letters.claim(conn, batch)
                 if self._upsert:
                     await conn.execute(
                         f"CREATE TEMP TABLE {quote_ident(_UPSERT_STAGE)} "
@@ -181,23 +206,18 @@ class BatchWriter:
                 budget = _PoisonBudget(self._max_dead, self._key)
                 written, poison = await self._isolate(conn, batch.rows, batch.record_nos, budget)
                 letters = [*batch.rejected, *poison]
-                if letters:
-                    await conn.execute(
-                        self._ledger.insert_dead_letters(),
-                        *self._key,
+                await self._letters.settle(conn, batch, attempt_no, letters)
+                await self._ledger.record_batch(
+                    conn,
+                    self._key,
+                    BatchLedgerRow(
                         batch.batch_no,
+                        batch.enqueued,
+                        written,
+                        len(letters),
                         attempt_no,
-                        *dead_letter_arrays(letters),
-                    )
-                await conn.execute(
-                    self._ledger.insert_batch(),
-                    *self._key,
-                    batch.batch_no,
-                    batch.enqueued,
-                    written,
-                    len(letters),
-                    attempt_no,
-                    batch.digest,
+                        batch.digest,
+                    ),
                 )
         except asyncpg.UniqueViolationError as exc:
             # Only the ledger key can collide here (dead letters upsert): another attempt of
@@ -225,14 +245,13 @@ class BatchWriter:
     def _committed_before(self, batch: PreparedBatch, done: asyncpg.Record) -> BatchResult:
         if done["batch_digest"] != batch.digest:
             raise FatalError(
-                f"{self._key[0]} partition {self._key[1]} load {self._key[2]}: batch "
+                f"{self._key} load {self._key.load_id}: batch "
                 f"{batch.batch_no} was committed with different records. The source changed "
                 "since the failed attempt; start a new run instead of re-executing this one."
             )
         self._log.info(
-            "%s partition %s batch %d was already committed (attempt %d); counted once",
-            self._key[0],
-            self._key[1],
+            "%s batch %d was already committed (attempt %d); counted once",
+            self._key,
             batch.batch_no,
             done["attempts"],
         )
@@ -354,7 +373,7 @@ class _PoisonBudget:
 
     __slots__ = ("_key", "_left", "limit")
 
-    def __init__(self, limit: int | None, key: tuple[str, str, str]) -> None:
+    def __init__(self, limit: int | None, key: LoadKey) -> None:
         self.limit, self._left, self._key = limit, limit, key
 
     def spend(self) -> None:
@@ -363,7 +382,7 @@ class _PoisonBudget:
         self._left -= 1
         if self._left < 0:
             raise CircuitBreakerOpenError(
-                f"{self._key[0]} partition {self._key[1]}: more than {self.limit} records of "
+                f"{self._key}: more than {self.limit} records of "
                 "one batch were rejected by Postgres; that looks systemic (schema or server), "
                 "not a few bad records. Nothing of this batch was committed."
             )

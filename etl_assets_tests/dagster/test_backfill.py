@@ -17,8 +17,7 @@ from dagster._core.workspace.load_target import ModuleTarget
 from dagster._daemon.backfill import execute_backfill_iteration
 
 from etl_assets.io_manager import BACKFILL_CHUNK
-from etl_assets.postgres.ledger import LedgerTables
-from etl_assets.postgres.loader import ensure_ledger
+from etl_assets.postgres.ledger import Ledger
 from etl_assets_tests.dagster.conftest import DAYS, LINES_PER_DAY, drop_rows_after_publish
 from etl_assets_tests.dagster.test_pipeline import Landing
 from etl_assets_tests.postgres.helpers import fetch
@@ -153,7 +152,7 @@ async def _prepare_sabotage(dsn: str, day: str) -> None:
 
     conn = await asyncpg.connect(dsn)
     try:
-        await ensure_ledger(conn, LedgerTables())
+        await Ledger().ensure(conn)
         await conn.execute(drop_rows_after_publish(day))
     finally:
         await conn.close()

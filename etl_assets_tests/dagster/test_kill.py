@@ -104,7 +104,14 @@ def test_sigkill_mid_materialization_then_rerun(db_dsn: str, tmp_path: Path) -> 
     loads = asyncio.run(
         fetch(db_dsn, "SELECT status, count(*) FROM etl.partition_loads GROUP BY 1 ORDER BY 1")
     )
-    assert [tuple(r) for r in loads] == [("loading", 1), ("published", 1)]  # the killed one
+    # The rerun found the killed load's lock free: abandoned, its staging table dropped.
+    assert [tuple(r) for r in loads] == [("abandoned", 1), ("published", 1)]
+    staging = asyncio.run(
+        fetch(
+            db_dsn, "SELECT count(*) FROM pg_class WHERE relkind = 'r' AND relname ~ '^_etl_stage'"
+        )
+    )
+    assert staging[0][0] == 0
     day = dt.date.fromisoformat(DAY)
     assert asyncio.run(partition_audit(db_dsn, SAMPLE_EVENTS.target(), day)).problems == ()
     assert asyncio.run(our_connections(db_dsn)) == 0

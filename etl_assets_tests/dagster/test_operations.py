@@ -77,21 +77,23 @@ def test_replay_after_a_fix_writes_once_and_keeps_the_partition_accounted(
             "SELECT l.severity FROM public.logs l JOIN etl.dead_letters d "
             "ON d.payload->>'source_file' = l.source_file "
             "AND (d.payload->>'line_no')::int = l.line_no WHERE d.payload->>'severity' = 'ERROR' "
-            "AND d.replayed",
+            "AND d.status = 'replayed'",
         )
     )
     assert [r[0] for r in fixed] == ["ERROR"]
     letters = asyncio.run(
         fetch(
             db_dsn,
-            "SELECT load_id LIKE 'replay:%', replayed, replayed_by IS NOT NULL, count(*) "
-            "FROM etl.dead_letters GROUP BY 1, 2, 3 ORDER BY 1, 2",
+            "SELECT load_id LIKE 'replay:%', status, replay_attempts, "
+            "last_error_class IS NOT NULL, resolved_by LIKE 'replay:%', count(*) "
+            "FROM etl.dead_letters GROUP BY 1, 2, 3, 4, 5 ORDER BY 2",
         )
     )
+    # Letters stay the load's own: one replayed (by the first replay), two still open
+    # after two attempts, each with the error of its last attempt.
     assert [tuple(r) for r in letters] == [
-        (False, True, True, 3),
-        (True, False, False, 2),
-        (True, True, True, 2),
+        (False, "open", 2, True, None, 2),
+        (False, "replayed", 1, False, True, 1),
     ]
     verdict = asyncio.run(partition_audit(db_dsn, LOGS.target(), day))
     assert verdict.problems == ()

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from etl_assets.postgres.ledger import LedgerTables
+from etl_assets.postgres.ledger import Ledger
 from etl_assets.postgres.resource import APPLICATION_NAME
 from etl_assets.postgres.target import TableTarget
 from etl_assets_tests.postgres.helpers import DAY, fetch, partition_audit
@@ -141,7 +141,7 @@ async def verdict(
     letters = await fetch(
         dsn,
         f"SELECT (payload->>'event_id')::bigint, error_message "
-        f"FROM {LedgerTables(target.schema).dead_letters} WHERE load_id = $1",
+        f"FROM {Ledger(target.schema).dead_letters} WHERE load_id = $1",
         load_id,
     )
     dead = {r[0] for r in letters}

@@ -21,7 +21,7 @@ import stamina
 from etl_assets.errors import EtlError
 from etl_assets.frames import classify_output
 from etl_assets.postgres.embedded import EmbeddedPostgres
-from etl_assets.postgres.ledger import LedgerTables
+from etl_assets.postgres.ledger import Ledger
 from etl_assets.postgres.loader import LoadReport, LoadSettings, load_partition
 from etl_assets.postgres.resource import APPLICATION_NAME, PostgresResource
 from etl_assets.postgres.retry import RetryPolicy
@@ -291,7 +291,7 @@ def test_a_load_that_outlives_its_budget_is_marked_failed_once_the_server_is_bac
             proxy.upstream = url(new_dsn)
             _, error = await load
         assert isinstance(error, EtlError), error
-        ledger = LedgerTables(target.schema)
+        ledger = Ledger(target.schema)
         status = await fetch(new_dsn, f"SELECT status FROM {ledger.loads} WHERE load_id = 'run-1'")
         assert [r[0] for r in status] == ["failed"]
 
@@ -381,7 +381,7 @@ def test_two_loads_of_one_partition_at_once(pg_dsn: str, schema: str, mode: Writ
 
 
 async def _wait_for_batches(dsn: str, target: TableTarget, n: int) -> None:
-    ledger = LedgerTables(target.schema).ledger
+    ledger = Ledger(target.schema).ledger
     for _ in range(600):
         with contextlib.suppress(Exception):  # the ledger may not exist yet
             rows = await fetch(dsn, f"SELECT count(*) FROM {ledger}")
@@ -403,7 +403,7 @@ async def _terminate_ours(dsn: str, *, one: bool = False) -> int:
 
 
 async def _finished_last(dsn: str, target: TableTarget, load_id: str) -> bool:
-    loads = LedgerTables(target.schema).loads
+    loads = Ledger(target.schema).loads
     rows = await fetch(dsn, f"SELECT load_id FROM {loads} ORDER BY finished_at DESC LIMIT 1")
     return bool(rows and rows[0][0] == load_id)
 

@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 import pydantic
 
-from etl_assets.postgres.ledger import LedgerTables
+from etl_assets.postgres.ledger import Ledger
 from etl_assets.postgres.loader import LoadReport, LoadSettings, load_partition
 from etl_assets.postgres.resource import PostgresResource
 from etl_assets.postgres.sql import qualified
@@ -99,7 +99,7 @@ async def partition_audit(
     """The blocking check's verdict on one partition (database truth)."""
     conn = await asyncpg.connect(dsn)
     try:
-        return await audit_partition(conn, LedgerTables(ledger_schema), target, day)
+        return await audit_partition(conn, Ledger(ledger_schema), target, day)
     finally:
         await conn.close()
 

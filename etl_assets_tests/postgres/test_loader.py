@@ -115,9 +115,16 @@ def test_failed_replace_run_leaves_published_partition_untouched(pg_dsn: str, sc
         )
         assert [tuple(r) for r in status] == [
             ("run-1", "published"),
-            ("run-2", "failed"),
+            ("run-2", "abandoned"),  # run-3 found it dead and dropped its staging table
             ("run-3", "published"),
         ]
+        staging = await fetch(
+            pg_dsn,
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = $1 AND c.relkind = 'r' AND c.relname LIKE '\\_etl\\_stage%'",
+            schema,
+        )
+        assert staging[0][0] == 0
 
     asyncio.run(scenario())
 
@@ -179,7 +186,7 @@ def test_finished_load_id_cannot_be_loaded_again(pg_dsn: str, schema: str) -> No
 
     async def scenario() -> None:
         await load(pg_dsn, target, records(10))
-        with pytest.raises(FatalError, match="already finished"):
+        with pytest.raises(FatalError, match="already ended"):
             await load(pg_dsn, target, records(10))
 
     asyncio.run(scenario())
