@@ -23,7 +23,14 @@ import asyncpg
 
 from etl_assets.errors import FatalError
 from etl_assets.postgres.ledger import DeadLoad, Ledger, LoadKey
-from etl_assets.postgres.retry import DRIVER_ERRORS, RetryPolicy, classified, with_retries
+from etl_assets.postgres.retry import (
+    DRIVER_ERRORS,
+    RetryPolicy,
+    call_with_retries,
+    classified,
+    discard,
+    with_retries,
+)
 from etl_assets.postgres.sql import qualified
 
 __all__ = ["CleanupReport", "abandon_dead_loads", "cleanup", "load_lock"]
@@ -37,22 +44,24 @@ async def load_lock(
     if pool.get_max_size() < 2:
         raise FatalError(f"{key}: a load needs a pool of at least 2 connections (lock + writer)")
 
-    async def take() -> asyncpg.Connection:
+    async def take(_attempt: int) -> asyncpg.Connection:
         with classified():
             conn = await pool.acquire()
             try:
-                if await ledger.hold_load_lock(conn, key):
-                    return conn
+                taken = await ledger.hold_load_lock(conn, key)
             except DRIVER_ERRORS:
+                discard(conn)
                 await pool.release(conn)
                 raise
+        if taken:
+            return conn
         await pool.release(conn)
         raise FatalError(
             f"{key}: load {key.load_id!r} is already running in another process; "
             "wait for it to end (or terminate it) before running it again"
         )
 
-    conn: asyncpg.Connection = await with_retries(pool, policy, lambda _conn: take())
+    conn = await call_with_retries(policy, take)
     try:
         yield
     finally:
@@ -64,9 +73,8 @@ async def _release(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
     try:
         await conn.execute("SELECT pg_advisory_unlock_all()")
     except DRIVER_ERRORS:
-        conn.terminate()
-    finally:
-        await pool.release(conn)
+        discard(conn)
+    await pool.release(conn)
 
 
 async def abandon_dead_loads(

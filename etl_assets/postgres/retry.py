@@ -18,6 +18,7 @@ __all__ = [
     "RetryPolicy",
     "classified",
     "connection",
+    "discard",
     "retrying",
     "call_with_retries",
     "with_retries",
@@ -128,11 +129,11 @@ async def connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
         try:
             yield conn
         except DRIVER_ERRORS:
-            _discard(conn)
+            discard(conn)
             raise
 
 
-def _discard(conn: asyncpg.Connection) -> None:
+def discard(conn: asyncpg.Connection) -> None:
     """Terminate a connection after a driver error, unless the pool already let go of it."""
     # InterfaceError: the pool already detached it (its backend died); nothing left to do.
     with contextlib.suppress(pgbase.InterfaceError):
