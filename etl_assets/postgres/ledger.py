@@ -209,7 +209,7 @@ class Ledger:
                 attempts integer NOT NULL,
                 first_seen timestamptz NOT NULL DEFAULT clock_timestamp(),
                 last_seen timestamptz NOT NULL DEFAULT clock_timestamp(),
-                {self._letter_columns_v2()},
+                {", ".join(self._letter_columns_v2())},
                 UNIQUE (target, partition_key, load_id, record_no)
             )""",
             self._open_index(),
@@ -230,13 +230,16 @@ class Ledger:
             )""",
         ]
 
-    def _letter_columns_v2(self) -> str:
-        return (
-            f"status text NOT NULL DEFAULT 'pending' {_check('status', LetterStatus)}, "
-            "replay_attempts integer NOT NULL DEFAULT 0, "
-            "last_error_class text, last_error_message text, "
-            "resolved_at timestamptz, resolved_by text, resolution text"
-        )
+    def _letter_columns_v2(self) -> list[str]:
+        return [
+            f"status text NOT NULL DEFAULT 'pending' {_check('status', LetterStatus)}",
+            "replay_attempts integer NOT NULL DEFAULT 0",
+            "last_error_class text",
+            "last_error_message text",
+            "resolved_at timestamptz",
+            "resolved_by text",
+            "resolution text",
+        ]
 
     def _open_index(self) -> str:
         return (
@@ -256,7 +259,7 @@ class Ledger:
             f"AND c.partition_key = l.partition_key AND c.mode <> '{REPLAY_MODE}' "
             f"AND c.status IN ('published', 'complete') ORDER BY c.finished_at DESC LIMIT 1)"
         )
-        columns = ", ".join(f"ADD COLUMN {c}" for c in self._letter_columns_v2().split(", "))
+        columns = ", ".join(f"ADD COLUMN {c}" for c in self._letter_columns_v2())
         return [
             f"ALTER TABLE {dl} {columns}",
             f"ALTER TABLE {loads} ADD COLUMN base_load_id text",
