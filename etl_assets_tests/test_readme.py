@@ -36,9 +36,12 @@ def only(blocks: list[str], marker: str) -> str:
 
 def test_every_runnable_block_is_covered_here() -> None:
     """Each bash and python block of the README is one this module runs or checks."""
-    markers = ["etl-assets-dev\n", ".venv/bin/pytest", "etl-assets-sample-data", "env.sh"]
-    assert sorted(sum(m in b for m in markers) for b in BASH) == [1, 1, 1, 1]
-    assert len(BASH) == 4
+    markers = [
+        "etl-assets-dev\n", ".venv/bin/pytest", "etl-assets-sample-data", "env.sh",
+        "etl-assets-dead-letters",
+    ]  # fmt: skip
+    assert sorted(sum(m in b for m in markers) for b in BASH) == [1, 1, 1, 1, 1]
+    assert len(BASH) == 5
     assert len(PYTHON) == 3
 
 
@@ -98,7 +101,9 @@ def dagster_db(pg_dsn: str) -> Iterator[str]:
 def test_cli_command_with_the_env_file_materializes_the_newest_sample_day(
     project: Path, db_dsn: str, dagster_db: str
 ) -> None:
-    """`. .etl_assets/env.sh && dagster asset materialize ...` loads that day, exit code 0."""
+    """`. .etl_assets/env.sh && dagster asset materialize ...` loads that day, exit code 0;
+    then the dead-letter tour fixes one letter by hand and replays it, with the output
+    the README shows."""
     state = project / ".etl_assets"
     day = dt.date(2024, 1, 14)
     sample = write_sample_day(state / "landing", day)
@@ -119,6 +124,41 @@ def test_cli_command_with_the_env_file_materializes_the_newest_sample_day(
     assert done.returncode == 0, done.stderr[-3000:]
     rows = asyncio.run(fetch(db_dsn, "SELECT data_date, count(*) FROM public.logs GROUP BY 1"))
     assert [tuple(r) for r in rows] == [(day, 2_000 - sample.malformed)]
+
+    tour = run_bash(". .etl_assets/env.sh\n" + only(BASH, "etl-assets-dead-letters"), project, {})
+    assert tour.returncode == 0, tour.stderr[-3000:]
+    [shown] = re.findall(r"^```text\n(raw_logs .*?)^```", README, flags=re.S | re.M)
+    assert _normalized(tour.stdout, day) == _normalized(shown, dt.date(2024, 1, 14))
+    assert "replayed 1 dead letter(s): 1 written, 0 failed again" in tour.stdout
+    rows = asyncio.run(
+        fetch(
+            db_dsn,
+            "SELECT count(*) FROM public.logs WHERE severity = 'ERROR' "
+            "AND line_no = ANY(SELECT (payload->>'line_no')::int "
+            "FROM etl.dead_letters WHERE status = 'replayed')",
+        )
+    )
+    assert rows[0][0] == 1
+    letters = asyncio.run(
+        fetch(db_dsn, "SELECT status, count(*) FROM etl.dead_letters GROUP BY 1 ORDER BY 1")
+    )
+    assert [tuple(r) for r in letters] == [("open", 2), ("replayed", 1)]
+
+
+def _normalized(output: str, day: dt.date) -> list[str]:
+    """The tour's lines with what differs per run (ids, line numbers, the day) masked."""
+    masks = [
+        (r"\(load [0-9a-f-]+\)", "(load ID)"),
+        (r"\[replay:cli-[0-9T]+-[0-9a-f]+\]", "[REPLAY]"),
+        (r"line \d+ is malformed: .*", "line N is malformed: ..."),
+        (re.escape(day.isoformat()), "DAY"),
+    ]
+    lines = []
+    for line in output.strip().splitlines():
+        for pattern, mask in masks:
+            line = re.sub(pattern, mask, line)
+        lines.append(line.rstrip())
+    return lines
 
 
 def run_python(source: str, cwd: Path, db_dsn: str) -> subprocess.CompletedProcess[str]:
