@@ -136,3 +136,8 @@ async def ledger_sums(dsn: str, schema: str, load_id: str) -> tuple[int, int, in
 
 def expected(n: int, *, start: int = 0, tag: str = "u") -> list[tuple[Any, ...]]:
     return [(r["event_id"], r["user name"], r["amount"]) for r in records(n, start=start, tag=tag)]
+
+
+def failing_after(n: int, tag: str) -> Iterator[dict[str, Any]]:
+    yield from records(n, tag=tag)
+    raise OSError("landing file vanished mid-read")

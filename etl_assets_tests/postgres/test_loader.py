@@ -11,15 +11,15 @@ from typing import Any
 import pydantic
 import pytest
 
-from etl_assets.errors import CircuitBreakerOpenError, FatalError, LoadIntegrityError
-from etl_assets.postgres.sql import qualified, quote_ident
+from etl_assets.errors import CircuitBreakerOpenError, FatalError
+from etl_assets.postgres.sql import qualified
 from etl_assets.postgres.target import Column, TableTarget, WriteMode
 from etl_assets_tests.postgres.helpers import (
     DAY,
     dead_letters,
     events_target,
-    execute,
     expected,
+    failing_after,
     fetch,
     ledger_sums,
     load,
@@ -80,55 +80,6 @@ def test_partitions_are_independent(pg_dsn: str, schema: str) -> None:
     asyncio.run(scenario())
 
 
-def _failing_after(n: int, tag: str) -> Iterator[dict[str, Any]]:
-    yield from records(n, tag=tag)
-    raise OSError("landing file vanished mid-read")
-
-
-def test_failed_replace_run_leaves_published_partition_untouched(pg_dsn: str, schema: str) -> None:
-    """A run dying after half its batches publishes nothing; readers only ever see whole days."""
-    target = events_target(schema)
-
-    async def reader(stop: asyncio.Event, seen: set[int]) -> None:
-        while not stop.is_set():
-            rows = await fetch(
-                pg_dsn, f'SELECT count(*) FROM {target.sql_name} WHERE "data date" = $1', DAY
-            )
-            seen.add(rows[0][0])
-            await asyncio.sleep(0.005)
-
-    async def scenario() -> None:
-        await load(pg_dsn, target, records(10_000, tag="good"))
-        stop, seen = asyncio.Event(), set[int]()
-        watcher = asyncio.create_task(reader(stop, seen))
-        with pytest.raises(OSError, match="vanished"):
-            await load(pg_dsn, target, _failing_after(5_000, "bad"), load_id="run-2")
-        assert await table_rows(pg_dsn, target) == expected(10_000, tag="good")
-        await load(pg_dsn, target, records(12_000, tag="new"), load_id="run-3")
-        stop.set()
-        await watcher
-        assert seen <= {10_000, 12_000}, f"a reader saw a partial partition: {sorted(seen)}"
-        assert await table_rows(pg_dsn, target) == expected(12_000, tag="new")
-        status = await fetch(
-            pg_dsn,
-            f"SELECT load_id, status FROM {qualified(schema, 'partition_loads')} ORDER BY load_id",
-        )
-        assert [tuple(r) for r in status] == [
-            ("run-1", "published"),
-            ("run-2", "abandoned"),  # run-3 found it dead and dropped its staging table
-            ("run-3", "published"),
-        ]
-        staging = await fetch(
-            pg_dsn,
-            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = $1 AND c.relkind = 'r' AND c.relname LIKE '\\_etl\\_stage%'",
-            schema,
-        )
-        assert staging[0][0] == 0
-
-    asyncio.run(scenario())
-
-
 def test_resumed_load_writes_only_the_batches_after_the_failure(pg_dsn: str, schema: str) -> None:
     """Re-executing a failed load (same load id) skips committed batches; the result is exact."""
     target = events_target(schema)
@@ -142,7 +93,7 @@ def test_resumed_load_writes_only_the_batches_after_the_failure(pg_dsn: str, sch
             await load(
                 pg_dsn,
                 target,
-                _failing_after(4_000, "x"),
+                failing_after(4_000, "x"),
                 load_id="root",
                 writers=1,
                 queue_depth=0,  # a queue of one: batch k+2 is cut only once batch k committed
@@ -169,7 +120,7 @@ def test_resume_refuses_batches_that_changed(pg_dsn: str, schema: str) -> None:
             await load(
                 pg_dsn,
                 target,
-                _failing_after(4_000, "old"),
+                failing_after(4_000, "old"),
                 load_id="root",
                 writers=1,
                 queue_depth=0,
@@ -349,28 +300,5 @@ def test_record_for_another_day_is_not_written_into_this_partition(
         assert (report.written, report.dead_lettered) == (3, 1)
         letters = await dead_letters(pg_dsn, schema)
         assert letters[0]["error_class"] == "WrongPartition"
-
-    asyncio.run(scenario())
-
-
-def test_a_plain_table_publish_is_audited_before_it_is_visible(pg_dsn: str, schema: str) -> None:
-    """A trigger that drops rows during DELETE + INSERT fails the publish; the old day stays."""
-    target = events_target(schema)
-    plain = target.create_table_sql().split(" PARTITION BY", 1)[0]
-
-    async def scenario() -> None:
-        await execute(pg_dsn, f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}; {plain}")
-        await load(pg_dsn, target, records(100), load_id="good")
-        await execute(
-            pg_dsn,
-            f"""CREATE FUNCTION {quote_ident(schema)}.lose_ten() RETURNS trigger
-                LANGUAGE plpgsql AS $$ BEGIN
-                  DELETE FROM {target.sql_name} WHERE event_id < 10; RETURN NULL; END $$;
-                CREATE TRIGGER lose_ten AFTER INSERT ON {target.sql_name}
-                  FOR EACH STATEMENT EXECUTE FUNCTION {quote_ident(schema)}.lose_ten();""",
-        )
-        with pytest.raises(LoadIntegrityError, match="the table holds 90 for the day"):
-            await load(pg_dsn, target, records(100, tag="new"), load_id="bad")
-        assert await table_rows(pg_dsn, target) == expected(100)
 
     asyncio.run(scenario())

@@ -6,7 +6,6 @@ import datetime as dt
 
 import pytest
 
-from etl_assets.errors import ConfigurationError
 from etl_assets.postgres.sql import (
     day_check_constraint,
     partition_table_name,
@@ -15,7 +14,6 @@ from etl_assets.postgres.sql import (
     short_name,
     upsert_statement,
 )
-from etl_assets.postgres.target import Column, TableTarget, WriteMode
 
 
 def test_identifiers_are_always_quoted_and_embedded_quotes_doubled() -> None:
@@ -58,32 +56,3 @@ def test_upsert_updates_every_non_key_column() -> None:
         'INSERT INTO "s"."t" ("d", "id", "v w") SELECT "d", "id", "v w" FROM pg_temp.stage '
         'ON CONFLICT ("d", "id") DO UPDATE SET "v w" = EXCLUDED."v w"'
     )
-
-
-def test_replace_target_is_created_range_partitioned_by_day() -> None:
-    """The DDL makes one range partition per data date possible."""
-    target = TableTarget("s", "t", (Column("id", "bigint", nullable=False),), "day")
-    assert target.create_table_sql() == (
-        'CREATE TABLE IF NOT EXISTS "s"."t" ("id" bigint NOT NULL, "day" date NOT NULL) '
-        'PARTITION BY RANGE ("day")'
-    )
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"mode": WriteMode.UPSERT}, "needs a primary_key"),
-        ({"mode": WriteMode.UPSERT, "primary_key": ("id",)}, "must include the partition column"),
-        ({"primary_key": ("nope",)}, "unknown"),
-    ],
-)
-def test_bad_target_config_names_the_fix(kwargs: dict[str, object], message: str) -> None:
-    """A wrong target is a ConfigurationError before any row moves."""
-    with pytest.raises(ConfigurationError, match=message):
-        TableTarget("s", "t", (Column("id", "bigint"),), "day", **kwargs)  # type: ignore[arg-type]
-
-
-def test_sql_injection_in_a_type_name_is_refused() -> None:
-    """Column types are plain type names, not SQL."""
-    with pytest.raises(ConfigurationError, match="plain Postgres type"):
-        Column("x", "text); DROP TABLE t; --")
