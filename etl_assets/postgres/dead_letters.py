@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from etl_assets.postgres.ledger import Ledger
+from etl_assets.postgres.ledger import Ledger, LetterStatus
 
 __all__ = ["DeadLetterGroup", "DeadLetterSummary", "NewestDeadLetter", "summarize_dead_letters"]
 
@@ -64,9 +64,9 @@ async def summarize_dead_letters(
     """
     if await conn.fetchval("SELECT to_regclass($1) IS NULL", ledger.dead_letters):
         return DeadLetterSummary()
+    resolved = (LetterStatus.REPLAYED, LetterStatus.SUPERSEDED, LetterStatus.DISCARDED)
     counts = ", ".join(
-        f"count(*) FILTER (WHERE status = '{s}') AS {s}"
-        for s in ("open", "replayed", "superseded", "discarded")
+        f"count(*) FILTER (WHERE status = '{s}') AS {s}" for s in (LetterStatus.OPEN, *resolved)
     )
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         totals = await conn.fetchrow(

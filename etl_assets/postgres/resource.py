@@ -21,7 +21,7 @@ from pydantic import Field, PrivateAttr
 
 from etl_assets.errors import ConfigurationError, FatalError, RetryableError, classify
 from etl_assets.postgres.embedded import EmbeddedPostgres, default_data_dir
-from etl_assets.postgres.retry import DRIVER_ERRORS, RetryPolicy, retrying, with_retries
+from etl_assets.postgres.retry import DRIVER_ERRORS, RetryPolicy, call_with_retries, with_retries
 from etl_assets.postgres.sql import quote_ident
 
 __all__ = ["ConnectionFailedError", "PostgresResource", "redact_dsn", "run_sync"]
@@ -194,16 +194,18 @@ class PostgresResource(dg.ConfigurableResource):  # type: ignore[type-arg]
                 wait_initial_s=0.5,
                 wait_max_s=5.0,
             )
-            async for attempt in retrying(policy):
-                with attempt:
-                    attempts = attempt.num
-                    return await _create_pool(dsn, options)
+
+            async def connect(attempt: int) -> asyncpg.Pool:
+                nonlocal attempts
+                attempts = attempt
+                return await _create_pool(dsn, options)
+
+            return await call_with_retries(policy, connect)
         except RetryableError as exc:
             raise ConnectionFailedError(
                 f"could not connect to PostgreSQL at {redact_dsn(dsn)} after {attempts} "
                 f"attempt(s): {exc}. Is the server up, and is ETL_ASSETS_PG_DSN right?"
             ) from None
-        raise AssertionError("unreachable")  # pragma: no cover
 
 
 async def _create_pool(dsn: str, options: dict[str, Any]) -> asyncpg.Pool:

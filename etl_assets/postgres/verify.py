@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from etl_assets.postgres.ledger import Ledger, LoadKey
+from etl_assets.postgres.ledger import Ledger, LetterStatus, LoadKey
 from etl_assets.postgres.sql import column_list, quote_ident
 from etl_assets.postgres.target import TableTarget, WriteMode
 
@@ -87,7 +87,8 @@ async def audit_partition(
     audit = PartitionAudit(
         partition, key.load_id, totals.enqueued, totals.written, totals.dead_lettered,
         replayed_in, in_table, dead_rows, (),
-        letters_replayed=letters.get("replayed", 0), letters_open=letters.get("open", 0),
+        letters_replayed=letters.get(LetterStatus.REPLAYED, 0),
+        letters_open=letters.get(LetterStatus.OPEN, 0),
     )  # fmt: skip
     return _with_problems(audit, target)
 
