@@ -17,9 +17,11 @@ from etl_assets.io_manager import (
     data_date,
     postgres_asset,
 )
+from etl_assets.postgres.housekeeping import CleanupReport, cleanup
+from etl_assets.postgres.ledger import LetterStatus, LoadKey, LoadStatus
 from etl_assets.postgres.loader import LoadReport, LoadSettings, load_partition, resolve_load_id
 from etl_assets.postgres.reader import PartitionStream
-from etl_assets.postgres.replay import ReplayReport, replay_dead_letters
+from etl_assets.postgres.replay import ReplayFilter, ReplayReport, replay_dead_letters
 from etl_assets.postgres.resource import ConnectionFailedError, PostgresResource
 from etl_assets.postgres.retry import RetryPolicy
 from etl_assets.postgres.target import Column, TableTarget, WriteMode, columns_from_model
@@ -41,6 +43,12 @@ __all__ = [
     "LoadSettings",
     "RetryPolicy",
     "replay_dead_letters",
+    "ReplayFilter",
+    "LetterStatus",
+    "LoadKey",
+    "LoadStatus",
+    "CleanupReport",
+    "cleanup",
     "ReplayReport",
     # targets
     "TableTarget",
