@@ -155,7 +155,7 @@ def test_discarding_a_connection_the_pool_already_let_go_does_not_hide_the_error
     InterfaceError and replaced the real error. Discarding it now is a no-op."""
     from asyncpg.exceptions import _base as pgbase
 
-    from etl_assets.postgres.retry import _discard
+    from etl_assets.postgres.retry import discard
 
     async def scenario() -> None:
         async with PostgresResource(dsn=pg_dsn).pool() as pool:
@@ -163,6 +163,6 @@ def test_discarding_a_connection_the_pool_already_let_go_does_not_hide_the_error
             await pool.release(proxy)
             with pytest.raises(pgbase.InterfaceError, match="released back to the pool"):
                 proxy.terminate()
-            _discard(proxy)
+            discard(proxy)
 
     asyncio.run(scenario())

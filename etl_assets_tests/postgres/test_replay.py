@@ -158,9 +158,9 @@ def test_an_exported_letter_corrected_by_hand_is_replayed_with_the_correction(
         out = io.StringIO()
         assert write_letters(letters, out) == 3
         lines = [json.loads(line) for line in out.getvalue().splitlines()]
-        assert [line["payload"]["sensor"] for line in lines] == ["s007", "s050", "s093"]
-        first = lines[0]  # fix one by hand: 7 K is -266.15 C
-        first["payload"].update(unit="C", value=-266.15)
+        assert sorted(line["payload"]["sensor"] for line in lines) == ["s007", "s050", "s093"]
+        [first] = [line for line in lines if line["payload"]["sensor"] == "s007"]
+        first["payload"].update(unit="C", value=-266.15)  # fixed by hand: 7 K is -266.15 C
         path = tmp_path / "fixes.jsonl"
         path.write_text(json.dumps(first) + "\n")
 
