@@ -29,14 +29,14 @@ from typing import Any, TypeVar
 import asyncpg
 import dagster as dg
 
-from etl_assets.dead_letter_file import load_transform, read_corrections, write_letters
+from etl_assets.dead_letter_file import replay_filter, write_letters
 from etl_assets.errors import ConfigurationError, EtlError
 from etl_assets.io_manager import data_date
 from etl_assets.jobs import replayable_tables, table_of
 from etl_assets.postgres.housekeeping import cleanup
 from etl_assets.postgres.ledger import Ledger, LoadKey
 from etl_assets.postgres.loader import LoadSettings
-from etl_assets.postgres.replay import ReplayFilter, replay_dead_letters
+from etl_assets.postgres.replay import replay_dead_letters
 from etl_assets.postgres.resource import PostgresResource
 from etl_assets.postgres.retry import RetryPolicy, with_retries
 from etl_assets.spec import PostgresTable
@@ -172,12 +172,7 @@ def _replay(args: argparse.Namespace) -> int:
     spec = _spec(args)
     if args.batch_size < 1:
         raise ConfigurationError("--batch-size must be at least 1")
-    only = ReplayFilter(
-        error_classes=args.error_classes,
-        ids=args.ids,
-        transform=load_transform(args.transform) if args.transform else None,
-        corrected=read_corrections(args.fixes) if args.fixes else {},
-    )
+    only = replay_filter(args.error_classes, args.ids, args.transform, args.fixes)
     settings = LoadSettings(batch_size=args.batch_size, ledger_schema=args.ledger_schema)
     load_id = f"replay:cli-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     target, day, model = spec.target(), data_date(args.partition), spec.model

@@ -11,14 +11,20 @@ from __future__ import annotations
 
 import importlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from etl_assets.errors import ConfigurationError
-from etl_assets.postgres.replay import Transform
+from etl_assets.postgres.replay import ReplayFilter, Transform
 
-__all__ = ["letter_line", "load_transform", "read_corrections", "write_letters"]
+__all__ = [
+    "letter_line",
+    "load_transform",
+    "read_corrections",
+    "replay_filter",
+    "write_letters",
+]
 
 
 def letter_line(row: Any) -> str:
@@ -89,3 +95,18 @@ def load_transform(spec: str) -> Transform:
         raise ConfigurationError(f"transform {spec!r}: {module_name} has no function {name!r}")
     transform: Transform = function
     return transform
+
+
+def replay_filter(
+    error_classes: Sequence[str],
+    ids: Sequence[int],
+    transform: str | None,
+    fixes_file: str | None,
+) -> ReplayFilter:
+    """A replay's filter and fix from user input (job config or command line)."""
+    return ReplayFilter(
+        error_classes=error_classes,
+        ids=ids,
+        transform=load_transform(transform) if transform else None,
+        corrected=read_corrections(fixes_file) if fixes_file else {},
+    )

@@ -10,7 +10,7 @@ import asyncpg
 import dagster as dg
 import pydantic
 
-from etl_assets.dead_letter_file import load_transform, read_corrections
+from etl_assets.dead_letter_file import replay_filter
 from etl_assets.errors import ConfigurationError
 from etl_assets.io_manager import data_date
 from etl_assets.postgres.housekeeping import CleanupReport, cleanup
@@ -43,12 +43,7 @@ class ReplayConfig(dg.Config):
     )
 
     def replay_filter(self) -> ReplayFilter:
-        return ReplayFilter(
-            error_classes=self.error_classes,
-            ids=self.ids,
-            transform=load_transform(self.transform) if self.transform else None,
-            corrected=read_corrections(self.fixes_file) if self.fixes_file else {},
-        )
+        return replay_filter(self.error_classes, self.ids, self.transform, self.fixes_file)
 
 
 def replayable_tables(assets: Sequence[dg.AssetsDefinition]) -> dict[str, PostgresTable]:
