@@ -397,6 +397,7 @@ def _first_per_key(
     come without the partition column (the staging table fills it with ``day``).
     """
     positions = [target.row_columns.index(k) for k in target.primary_key]
+    day_at = len(target.row_columns) - 1  # the partition column: last, absent from tuples
     first: dict[tuple[Any, ...], int] = {}
     superseded = []
 
@@ -406,7 +407,7 @@ def _first_per_key(
     keys: Iterable[tuple[Any, ...]] = (
         zip(*(rows.column_values(p) for p in positions), strict=True)
         if isinstance(rows, ArrowRows)
-        else (tuple(full(row)[p] for p in positions) for row in rows)
+        else (tuple(day if p == day_at else row[p] for p in positions) for row in rows)
     )
     for i, key in enumerate(keys):
         if key not in first:

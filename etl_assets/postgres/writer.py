@@ -239,7 +239,7 @@ class BatchWriter:
             raise LoadIntegrityError(
                 f"{self._key[0]} partition {self._key[1]} batch {batch.batch_no}: the server "
                 f"stored {written} rows + {dead_lettered} dead-lettered != {batch.enqueued} "
-                "enqueued (a trigger or rule on the staging table changed them); rolled back"
+                "enqueued (a trigger on the table written to dropped rows); rolled back"
             )
 
     def _committed_before(self, batch: PreparedBatch, done: asyncpg.Record) -> BatchResult:
