@@ -1,20 +1,20 @@
-"""Client CPU per row of each step of the record path, timed alone (us/row).
+"""Client CPU per row of each step of the record path, before and after issue 12 (us/row).
 
     .venv/bin/python bench/steps.py --dsn postgresql://...      # or an embedded server
-    PYTHONPATH=/path/to/older/checkout .venv/bin/python bench/steps.py ...  # before/after
 
 The one Python thread is what bounds a load (docs/PERFORMANCE.md), so each step's
-cost is its CPU time in this process (``time.process_time``) over batches of the
-package's default size, the median of ``--rounds``. CPU time barely moves when other
-processes share the machine, unlike wall time; the server's side (index upkeep, WAL,
-commits) is not in it: that part shows only in bench/run.py's end-to-end ratios.
+cost is its CPU time in this process (``time.process_time``) on batches of the
+package's default size. "Before" is the same code configured the old way (rows carry
+the date; validation through model instances), so both run in one process, and the
+rounds interleave them: a shared machine slows both alike (CPU time too moves when
+another process shares the core). The server's side is not in it: that part shows
+only in bench/run.py's end-to-end ratios.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import inspect
 import itertools
 import statistics
 import sys
@@ -36,26 +36,43 @@ BATCH = LoadSettings().batch_size
 DATA = run.COLUMNS[:4]
 
 
-def cpu_us_per_row(step: Callable[[], Any], rows: int, rounds: int) -> float:
-    """Median CPU microseconds per row of ``step`` over ``rounds`` calls."""
-    times = []
-    for _ in range(rounds):
-        started = time.process_time()
-        step()
-        times.append(time.process_time() - started)
-    return statistics.median(times) * 1e6 / rows
+def cpu_seconds(step: Callable[[], Any]) -> float:
+    started = time.process_time()
+    step()
+    return time.process_time() - started
 
 
-def shaper(model: Any) -> tuple[RecordShaper, bool]:
-    """The loader's shaper; whether its rows leave the date to the table (newer code)."""
-    if "partition_from_table" in inspect.signature(RecordShaper).parameters:
-        return RecordShaper(DATA, "data_date", run.DAY, model, partition_from_table=True), True
-    return RecordShaper(DATA, "data_date", run.DAY, model), False
+def shapers(model: Any) -> tuple[RecordShaper, RecordShaper]:
+    """The loader's shaper before (the day in every row; models) and after issue 12."""
+    before = RecordShaper(DATA, "data_date", run.DAY, model)
+    before._as_dicts = None  # validation through model instances, as before
+    after = RecordShaper(DATA, "data_date", run.DAY, model, partition_from_table=True)
+    return before, after
 
 
-async def copy_cpu(dsn: str, rows: Sequence[tuple[Any, ...]], rounds: int) -> float:
+async def copy_seconds(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> float:
     """asyncpg's encode + send of one batch into a table shaped like staging."""
-    columns = list(run.COLUMNS[: len(rows[0])])
+    await conn.execute("TRUNCATE public.bench_steps")
+    started = time.process_time()
+    await conn.copy_records_to_table(
+        "bench_steps", records=rows, columns=list(run.COLUMNS[: len(rows[0])])
+    )
+    return time.process_time() - started
+
+
+async def measure(dsn: str, rounds: int) -> dict[str, list[list[float]]]:
+    """Seconds per step and variant (before, after), rounds interleaved."""
+    records = list(run.records(BATCH))
+    plain, validating = shapers(None), shapers(run.Event)
+    rows = [plain[0].shape(0, records).rows, plain[1].shape(0, records).rows]
+    steps: dict[str, list[Callable[[], Any]]] = {
+        "source: make the records (dicts)": [lambda: list(run.records(BATCH))] * 2,
+        "cut a batch (list of islice)": [lambda: list(itertools.islice(iter(records), BATCH))] * 2,
+        "shape plain dicts into rows": [lambda s=s: s.shape(0, records) for s in plain],
+        "validate (pydantic) + shape": [lambda s=s: s.shape(0, records) for s in validating],
+        "batch digest": [lambda r=r: batch_digest(r, []) for r in rows],
+    }
+    out: dict[str, list[list[float]]] = {name: [[], []] for name in [*steps, COPY]}
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute(
@@ -64,16 +81,19 @@ async def copy_cpu(dsn: str, rows: Sequence[tuple[Any, ...]], rounds: int) -> fl
             f"created_at timestamptz, data_date date NOT NULL DEFAULT DATE '{run.DAY}', "
             "PRIMARY KEY (data_date, event_id))"
         )
-        times = []
         for _ in range(rounds):
-            await conn.execute("TRUNCATE public.bench_steps")
-            started = time.process_time()
-            await conn.copy_records_to_table("bench_steps", records=rows, columns=columns)
-            times.append(time.process_time() - started)
+            for name, variants in steps.items():
+                for i, step in enumerate(variants):
+                    out[name][i].append(cpu_seconds(step))
+            for i in (0, 1):
+                out[COPY][i].append(await copy_seconds(conn, rows[i]))
         await conn.execute("DROP TABLE public.bench_steps")
-        return statistics.median(times) * 1e6 / len(rows)
     finally:
         await conn.close()
+    return out
+
+
+COPY = "COPY encode + send (asyncpg; 5 columns before, 4 after)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,32 +101,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dsn", help="default: an embedded server in a temporary folder")
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args(argv)
-    import etl_assets  # Dagster loaded, as in a step; its path is printed
+    import etl_assets  # Dagster loaded, as in a step
 
-    records = list(run.records(BATCH))
-    plain, date_from_table = shaper(None)
-    validating, _ = shaper(run.Event)
-    rows = plain.shape(0, records).rows
-    steps: dict[str, Callable[[], Any]] = {
-        "source: make the records (dicts)": lambda: list(run.records(BATCH)),
-        "cut a batch (list of islice)": lambda: list(itertools.islice(iter(records), BATCH)),
-        "shape plain dicts into rows": lambda: plain.shape(0, records),
-        "validate (pydantic) + shape": lambda: validating.shape(0, records),
-        "batch digest": lambda: batch_digest(rows, []),
-    }
-    results = {name: cpu_us_per_row(step, BATCH, args.rounds) for name, step in steps.items()}
     dsn, server = (args.dsn, None) if args.dsn else run.start_embedded()
     try:
-        label = f"COPY encode + send ({len(rows[0])} columns)"
-        results[label] = asyncio.run(copy_cpu(dsn, rows, args.rounds))
+        results = asyncio.run(measure(dsn, args.rounds))
     finally:
         if server is not None:
             server.release()
-    print(f"etl_assets from {Path(etl_assets.__file__).parent}; date from table: {date_from_table}")
-    print("| step | us/row (CPU) |")
-    print("|---|---:|")
-    for name, us in results.items():
-        print(f"| {name} | {us:.3f} |")
+    print(f"etl_assets from {Path(etl_assets.__file__).parent}, {args.rounds} rounds")
+    print("| step | before us/row | after us/row |")
+    print("|---|---:|---:|")
+    for name, (before, after) in results.items():
+        us = [statistics.median(v) * 1e6 / BATCH for v in (before, after)]
+        print(f"| {name} | {us[0]:.3f} | {us[1]:.3f} |")
     return 0
 
 
