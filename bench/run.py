@@ -1,7 +1,7 @@
 """Benchmarks: the same records into the same table schema on the same PostgreSQL.
 
     .venv/bin/pip install -e '.[bench]'
-    .venv/bin/python bench/run.py                      # 100k and 1M (about 10 minutes)
+    .venv/bin/python bench/run.py                      # 100k and 1M, 5 rounds (~15 minutes)
     .venv/bin/python bench/run.py --sizes 15193596 --paths raw_copy,etl_resilient,etl_validated
     .venv/bin/python bench/run.py --write docs/PERFORMANCE.md   # rewrite the results table
 
@@ -10,7 +10,10 @@ cache carries over. Rows/s count from the first record to the load being visible
 (etl_assets: published, i.e. audited and swapped in), and every run is verified by a
 ``count(*)`` of the table afterwards: a path that loses rows is not a benchmark.
 Ratios are against raw COPY measured in the same invocation (the machine is shared
-and noisy; only ratios measured together compare).
+and noisy; only ratios measured together compare). Up to 5M rows every size runs
+``--rounds`` rounds (5 by default), each round every path once (interleaved, so a slow
+minute of the machine hits all paths alike), and the figure is the median round;
+above 5M rows one round.
 
 Set ``ETL_ASSETS_BENCH_DSN`` to use an existing server; by default an embedded one is
 started with its default settings in a temporary folder. ``BENCH_WRITERS`` and
@@ -531,7 +534,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--dsn", default=os.environ.get("ETL_ASSETS_BENCH_DSN"))
     parser.add_argument(
-        "--repeat", type=int, default=3, help="rounds per size (median), 1 above 5M rows"
+        "--rounds",
+        "--repeat",
+        dest="rounds",
+        type=int,
+        default=5,
+        help="interleaved rounds per size up to 5M rows (the median is reported); 1 above",
     )
     parser.add_argument(
         "--write", type=Path, help="replace the results block of this markdown file"
@@ -560,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
         results = []
         for n in sizes:
             chosen = [p for p in paths if n <= LARGEST_FOR.get(p, SEED_SCALE)]
-            repeat = 1 if n > 5_000_000 else args.repeat
+            repeat = 1 if n > 5_000_000 else args.rounds
             rounds = [[measure(p, n, dsn) for p in chosen] for _ in range(repeat)]
             for i, path in enumerate(chosen):
                 result = {"path": path, "rows": n, "runs": repeat, **median([r[i] for r in rounds])}

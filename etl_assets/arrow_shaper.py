@@ -148,14 +148,20 @@ class ArrowShaper:
         partition_column: str,
         day: dt.date,
         model: type[pydantic.BaseModel] | None,
+        *,
+        partition_from_table: bool = False,
     ) -> None:
+        """``partition_from_table``: the row tuples of batches pydantic must shape (not
+        the Arrow rows, which always carry the partition column) leave it to the table."""
         self._pa = require_pyarrow("a DataFrame output")
         self._pc = importlib.import_module("pyarrow.compute")
         self._columns = tuple(data_columns)
         self._partition_column = partition_column
         self._day = day
         self._model = model
-        self._records = RecordShaper(data_columns, partition_column, day, model)
+        self._records = RecordShaper(
+            data_columns, partition_column, day, model, partition_from_table=partition_from_table
+        )
         self._adapter = pydantic.TypeAdapter(model) if model is not None else None
         types_ = {c: arrow_type(self._pa, column_types[c]) for c in self._columns}
         self._types: dict[str, Any] = {c: t for c, t in types_.items() if t is not None}

@@ -113,13 +113,17 @@ class ArrowRows(Sequence[Row]):
 
 async def copy_arrow(
     conn: asyncpg.Connection, rows: ArrowRows, schema: str, table: str, columns: Sequence[str]
-) -> None:
-    """One binary COPY of ``rows``: the server reports a rejected row by its line number."""
+) -> int:
+    """One binary COPY of ``rows``: the server reports a rejected row by its line number.
+
+    Returns the rows the server stored (COPY's command tag), which the batch ledgers.
+    """
     from pgpq import ArrowToPostgresBinaryEncoder
 
     encoder = ArrowToPostgresBinaryEncoder(rows.batch.schema)
     data = encoder.write_header() + encoder.write_batch(rows.batch) + encoder.finish()
     # A memoryview, not bytes: asyncpg takes bytes as a file path (os.fspath accepts it).
-    await conn.copy_to_table(
+    status = await conn.copy_to_table(
         table, schema_name=schema, source=memoryview(data), columns=list(columns), format="binary"
     )
+    return int(status.rsplit(" ", 1)[-1])

@@ -214,11 +214,12 @@ async def _locked_load(
         retry=settings.retry,
         max_dead_letters_per_batch=_poison_limit(settings),
         log=log,
+        partition_default=day,  # the staging table's DEFAULT: row tuples leave it out
     )
     chunks, shaper = _chunks_and_shaper(records, target, day, model, types, settings)
     progress = _Progress()
     try:
-        await _pipeline(chunks, shaper, writer, target, settings, progress, log, key, started)
+        await _pipeline(chunks, shaper, writer, target, day, settings, progress, log, key, started)
         publishing = time.perf_counter()
         totals = await _finish(pool, ledger, target, publisher, kind, key, progress, settings)
         publish_s = time.perf_counter() - publishing
@@ -272,12 +273,20 @@ def _chunks_and_shaper(
     """Bounded chunks of the source, and what validates them: columnar or record by record."""
     if frames.is_columnar(records):
         shaper: Shaper = ArrowShaper(
-            column_types, target.data_columns, target.partition_column, day, model
+            column_types,
+            target.data_columns,
+            target.partition_column,
+            day,
+            model,
+            partition_from_table=True,
         )
         return frames.arrow_batches(records, settings.batch_size), shaper
     iterator = iter(records)
     chunks = iter(lambda: list(itertools.islice(iterator, settings.batch_size)), [])
-    return chunks, RecordShaper(target.data_columns, target.partition_column, day, model)
+    shaper = RecordShaper(
+        target.data_columns, target.partition_column, day, model, partition_from_table=True
+    )
+    return chunks, shaper
 
 
 async def _prepare(
@@ -325,6 +334,7 @@ async def _pipeline(
     shaper: Shaper,
     writer: BatchWriter,
     target: TableTarget,
+    day: dt.date,
     settings: LoadSettings,
     progress: _Progress,
     log: Log,
@@ -340,7 +350,7 @@ async def _pipeline(
             first = progress.enqueued
             progress.enqueued += len(chunk)
             progress.batches_cut += 1
-            await queue.put(_prepare_batch(batch_no, first, chunk, shaper, target))
+            await queue.put(_prepare_batch(batch_no, first, chunk, shaper, target, day))
         for _ in range(settings.writers):
             await queue.put(None)
 
@@ -367,12 +377,12 @@ async def _pipeline(
 
 
 def _prepare_batch(
-    batch_no: int, first: int, chunk: Sized, shaper: Shaper, target: TableTarget
+    batch_no: int, first: int, chunk: Sized, shaper: Shaper, target: TableTarget, day: dt.date
 ) -> PreparedBatch:
     shaped = shaper.shape(first, chunk)
     rows, record_nos, rejected = shaped.rows, shaped.record_nos, shaped.rejected
     if target.mode is WriteMode.UPSERT:
-        rows, record_nos, duplicates = _first_per_key(rows, record_nos, target)
+        rows, record_nos, duplicates = _first_per_key(rows, record_nos, target, day)
         rejected = sorted_letters([*rejected, *duplicates])
     return PreparedBatch(
         batch_no=batch_no,
@@ -385,21 +395,27 @@ def _prepare_batch(
 
 
 def _first_per_key(
-    rows: Sequence[Row], record_nos: list[int], target: TableTarget
+    rows: Sequence[Row], record_nos: list[int], target: TableTarget, day: dt.date
 ) -> tuple[Sequence[Row], list[int], list[DeadLetter]]:
     """One row per primary key in a batch: the first occurrence is written.
 
     The same rule as across batches, where the staging table's key rejects the later
     record: later repeats are dead-lettered as ``DuplicateKey`` (cheaper here than
-    bisecting them out of a COPY), never silently dropped or double-counted.
+    bisecting them out of a COPY), never silently dropped or double-counted. Row tuples
+    come without the partition column (the staging table fills it with ``day``).
     """
     positions = [target.row_columns.index(k) for k in target.primary_key]
+    day_at = len(target.row_columns) - 1  # the partition column: last, absent from tuples
     first: dict[tuple[Any, ...], int] = {}
     superseded = []
+
+    def full(row: Row) -> Row:
+        return row if isinstance(rows, ArrowRows) else (*row, day)
+
     keys: Iterable[tuple[Any, ...]] = (
         zip(*(rows.column_values(p) for p in positions), strict=True)
         if isinstance(rows, ArrowRows)
-        else (tuple(row[p] for p in positions) for row in rows)
+        else (tuple(day if p == day_at else row[p] for p in positions) for row in rows)
     )
     for i, key in enumerate(keys):
         if key not in first:
@@ -408,7 +424,7 @@ def _first_per_key(
         superseded.append(
             DeadLetter(
                 record_nos[i],
-                payload_json(dict(zip(target.row_columns, rows[i], strict=True))),
+                payload_json(dict(zip(target.row_columns, full(rows[i]), strict=True))),
                 "DuplicateKey",
                 f"primary key {dict(zip(target.primary_key, key, strict=True))} was already "
                 f"written by record {record_nos[first[key]]} of this load",

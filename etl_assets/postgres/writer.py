@@ -14,6 +14,7 @@ attempts and total time (stamina: exponential backoff with jitter).
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import logging
 import pickle
@@ -27,6 +28,7 @@ import asyncpg
 from etl_assets.errors import (
     CircuitBreakerOpenError,
     FatalError,
+    LoadIntegrityError,
     RecordError,
     RetryableError,
     classify,
@@ -159,7 +161,10 @@ class BatchWriter:
         log: Log | None = None,
         letters: LetterSink | None = None,
         upsert: bool = False,
+        partition_default: dt.date | None = None,
     ) -> None:
+        """``partition_default``: row tuples (not Arrow rows) come without the partition
+        column, which ``destination`` fills with this day by a column ``DEFAULT``."""
         self._pool = pool
         self._target = target
         self._ledger = ledger
@@ -170,6 +175,8 @@ class BatchWriter:
         self._log: Log = log or logging.getLogger(__name__)
         self._columns = list(target.row_columns)
         self._letters: LetterSink = letters or NewLetters(ledger, key)
+        self._partition_default = partition_default
+        self._tuple_columns = self._columns[:-1] if partition_default else self._columns
         self._upsert = upsert
         if upsert:
             self._upsert_sql = upsert_statement(
@@ -206,6 +213,7 @@ class BatchWriter:
                 budget = _PoisonBudget(self._max_dead, self._key)
                 written, poison = await self._isolate(conn, batch.rows, batch.record_nos, budget)
                 letters = [*batch.rejected, *poison]
+                self._check_accounted(batch, written, len(letters))
                 await self._letters.settle(conn, batch, attempt_no, letters)
                 await self._ledger.record_batch(
                     conn,
@@ -228,11 +236,6 @@ class BatchWriter:
             if isinstance(error, RecordError):  # outside the isolated COPY: not a record's fault
                 raise FatalError(f"ledger write failed: {error}", sqlstate=error.sqlstate) from exc
             raise error from exc
-        if written + len(letters) != batch.enqueued:
-            raise FatalError(
-                f"batch {batch.batch_no}: {written} written + {len(letters)} dead-lettered "
-                f"!= {batch.enqueued} enqueued"
-            )
         return BatchResult(
             batch.batch_no,
             batch.enqueued,
@@ -241,6 +244,23 @@ class BatchWriter:
             attempt_no,
             dead_letters=tuple(letters),
         )
+
+    def _check_accounted(self, batch: PreparedBatch, written: int, dead_lettered: int) -> None:
+        """Before the ledger row, inside the batch's transaction: the rows COPY reports
+        (its command tag, the server's count) plus the dead letters are the batch.
+
+        ``written`` is what the server says it stored, not how many rows were sent: a
+        row suppressed below the loader (a trigger on the staging table returning NULL)
+        makes it smaller, and the batch rolls back instead of ledgering rows that are
+        not there. This is what lets the publish trust the ledger's sum without counting
+        the staged table again (docs/PERFORMANCE.md).
+        """
+        if written + dead_lettered != batch.enqueued:
+            raise LoadIntegrityError(
+                f"{self._key[0]} partition {self._key[1]} batch {batch.batch_no}: the server "
+                f"stored {written} rows + {dead_lettered} dead-lettered != {batch.enqueued} "
+                "enqueued (a trigger on the table written to dropped rows); rolled back"
+            )
 
     def _committed_before(self, batch: PreparedBatch, done: asyncpg.Record) -> BatchResult:
         if done["batch_digest"] != batch.digest:
@@ -284,14 +304,14 @@ class BatchWriter:
         if not rows:
             return 0, []
         failure = await self._attempt_rows(conn, rows)
-        if failure is None:
-            return len(rows), []
+        if isinstance(failure, int):  # the rows the server stored
+            return failure, []
         error, cause, line = failure
         if line is None or not 1 <= line <= len(rows):
             return await self._bisect(conn, rows, record_nos, budget, failure)
         bad = line - 1
         budget.spend()
-        letter = self._poison(record_nos[bad], rows[bad], error, cause)
+        letter = self._poison(record_nos[bad], self._full_row(rows, bad), error, cause)
         before = await self._isolate(conn, rows[:bad], record_nos[:bad], budget)
         rest, rest_nos = rows[bad + 1 :], record_nos[bad + 1 :]
         mid = len(rest) // 2
@@ -302,17 +322,16 @@ class BatchWriter:
 
     async def _attempt_rows(
         self, conn: asyncpg.Connection, rows: Sequence[Row]
-    ) -> tuple[RecordError, str, int | None] | None:
-        """None if ``rows`` went in; else the record error, its class and the COPY line."""
+    ) -> int | tuple[RecordError, str, int | None]:
+        """The rows stored if ``rows`` went in; else the record error, its class and line."""
         try:
             async with conn.transaction():
-                await self._write_rows(conn, rows)
+                return await self._write_rows(conn, rows)
         except DRIVER_ERRORS as exc:
             error = classify(exc)
             if not isinstance(error, RecordError):
                 raise
             return error, type(exc).__name__, None if self._upsert else _copy_line(exc)
-        return None
 
     async def _bisect(
         self,
@@ -324,28 +343,35 @@ class BatchWriter:
     ) -> tuple[int, list[DeadLetter]]:
         if len(rows) == 1:
             budget.spend()
-            return 0, [self._poison(record_nos[0], rows[0], failure[0], failure[1])]
+            row = self._full_row(rows, 0)
+            return 0, [self._poison(record_nos[0], row, failure[0], failure[1])]
         mid = len(rows) // 2
         left = await self._isolate(conn, rows[:mid], record_nos[:mid], budget)
         right = await self._isolate(conn, rows[mid:], record_nos[mid:], budget)
         return left[0] + right[0], left[1] + right[1]
 
     async def _write_rows(self, conn: asyncpg.Connection, rows: Sequence[Row]) -> int:
+        """Write ``rows``; the count is the server's (COPY's or INSERT's command tag)."""
         if isinstance(rows, ArrowRows) and not self._upsert:
-            await copy_arrow(conn, rows, *self._destination, self._columns)
-            return len(rows)
+            return await copy_arrow(conn, rows, *self._destination, self._columns)
         if not self._upsert:
             schema, table = self._destination
-            await conn.copy_records_to_table(
-                table, schema_name=schema, records=rows, columns=self._columns
+            status = await conn.copy_records_to_table(
+                table, schema_name=schema, records=rows, columns=self._tuple_columns
             )
-            return len(rows)
+            return _tag_count(status)
         await conn.copy_records_to_table(
             _UPSERT_STAGE, schema_name="pg_temp", records=rows, columns=self._columns
         )
         status = await conn.execute(self._upsert_sql)
         await conn.execute(f"TRUNCATE {quote_ident(_UPSERT_STAGE)}")
-        return int(status.rsplit(" ", 1)[-1])
+        return _tag_count(status)
+
+    def _full_row(self, rows: Sequence[Row], index: int) -> Row:
+        """Row ``index`` with every column, the partition column too (for a dead letter)."""
+        if self._partition_default is None or isinstance(rows, ArrowRows):
+            return rows[index]
+        return (*rows[index], self._partition_default)
 
     def _poison(self, record_no: int, row: Row, error: RecordError, cause: str) -> DeadLetter:
         return DeadLetter(
@@ -356,6 +382,11 @@ class BatchWriter:
             sqlstate=error.sqlstate,
             detail=no_nul(error.detail) if error.detail else None,
         )
+
+
+def _tag_count(status: str) -> int:
+    """The row count of a command tag: ``COPY 25000``, ``INSERT 0 25000``."""
+    return int(status.rsplit(" ", 1)[-1])
 
 
 _COPY_LINE = re.compile(r"^COPY .*?, line (\d+)(?:, column .*)?(?::.*)?$")
