@@ -108,6 +108,8 @@ class LedgerTables:
                 finished_at timestamptz,
                 PRIMARY KEY (target, partition_key, load_id)
             )""",
+            # The batch's key digest (etl_assets.postgres.key_digest); NULL before it existed.
+            f"ALTER TABLE {self.ledger} ADD COLUMN IF NOT EXISTS key_cells bigint[]",
         ]
 
     # --- batch ledger -------------------------------------------------------------

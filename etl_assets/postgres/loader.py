@@ -28,6 +28,7 @@ from etl_assets.arrow_shaper import ArrowShaper
 from etl_assets.breaker import DEFAULT_CONFIDENCE, reject_share_exceeded
 from etl_assets.errors import CircuitBreakerOpenError, ConfigurationError, EtlError, FatalError
 from etl_assets.postgres.arrow_copy import ArrowRows, column_types
+from etl_assets.postgres.key_digest import KeyDigester
 from etl_assets.postgres.ledger import LedgerTables, PartitionTotals
 from etl_assets.postgres.publish import StagedPublisher, TargetKind, audit, inspect_target
 from etl_assets.postgres.retry import RetryPolicy, with_retries
@@ -202,6 +203,7 @@ async def _load_partition(
         retry=settings.retry,
         max_dead_letters_per_batch=_poison_limit(settings),
         log=log,
+        keys=KeyDigester.for_target(target, types, ledger.ledger),
     )
     chunks, shaper = _chunks_and_shaper(records, target, day, model, types, settings)
     progress = _Progress()

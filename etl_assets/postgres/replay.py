@@ -28,6 +28,8 @@ import asyncpg
 import pydantic
 
 from etl_assets.errors import ConfigurationError, FatalError, LoadIntegrityError
+from etl_assets.postgres.arrow_copy import column_types
+from etl_assets.postgres.key_digest import KeyDigester
 from etl_assets.postgres.ledger import LedgerTables
 from etl_assets.postgres.loader import LoadSettings, ensure_ledger, mark_load_failed
 from etl_assets.postgres.retry import classified, connection, retrying, with_retries
@@ -76,6 +78,9 @@ async def replay_dead_letters(
     ledger = LedgerTables(settings.ledger_schema)
     key = (target.name, day.isoformat(), load_id)
     base = await _begin(pool, ledger, key, settings)
+    types = await with_retries(
+        pool, settings.retry, lambda conn: column_types(conn, target.schema, target.table)
+    )
     writer = BatchWriter(
         pool,
         target,
@@ -87,6 +92,7 @@ async def replay_dead_letters(
         log=log,
         claim=_claim(ledger, load_id),
         upsert=target.mode is WriteMode.UPSERT,
+        keys=KeyDigester.for_target(target, types, ledger.ledger),
     )
     shaper = RecordShaper(target.data_columns, target.partition_column, day, model)
     replayed = written = dead = batches = 0

@@ -32,6 +32,7 @@ from etl_assets.errors import (
     classify,
 )
 from etl_assets.postgres.arrow_copy import ArrowRows, copy_arrow
+from etl_assets.postgres.key_digest import KeyCells, KeyDigester, refused_rows
 from etl_assets.postgres.ledger import LedgerTables, dead_letter_arrays
 from etl_assets.postgres.retry import DRIVER_ERRORS, RetryPolicy, connection, retrying
 from etl_assets.postgres.sql import quote_ident, upsert_statement
@@ -123,6 +124,7 @@ class BatchWriter:
         log: Log | None = None,
         claim: Claim | None = None,
         upsert: bool = False,
+        keys: KeyDigester | None = None,
     ) -> None:
         self._pool = pool
         self._target = target
@@ -135,6 +137,7 @@ class BatchWriter:
         self._columns = list(target.row_columns)
         self._claim = claim
         self._upsert = upsert
+        self._keys = keys
         if upsert:
             self._upsert_sql = upsert_statement(
                 target.sql_name,
@@ -147,6 +150,7 @@ class BatchWriter:
         """Commit ``batch`` exactly once, retrying transient failures within the policy."""
         attempt_no = 0
         last_error: RetryableError | None = None
+        cells = self._keys.cells(batch.rows) if self._keys is not None else None
         async for attempt in retrying(self._retry):
             with attempt:
                 attempt_no = attempt.num
@@ -159,13 +163,15 @@ class BatchWriter:
                         last_error,
                     )
                 try:
-                    return await self._attempt(batch, attempt_no)
+                    return await self._attempt(batch, attempt_no, cells)
                 except RetryableError as exc:
                     last_error = exc
                     raise
         raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
 
-    async def _attempt(self, batch: PreparedBatch, attempt_no: int) -> BatchResult:
+    async def _attempt(
+        self, batch: PreparedBatch, attempt_no: int, cells: KeyCells | None
+    ) -> BatchResult:
         try:
             async with connection(self._pool) as conn, conn.transaction():
                 done = await conn.fetchrow(self._ledger.select_batch(), *self._key, batch.batch_no)
@@ -199,6 +205,11 @@ class BatchWriter:
                     attempt_no,
                     batch.digest,
                 )
+                if self._keys is not None and cells is not None:  # the rows written, not refused
+                    refused = refused_rows(batch.rows, batch.record_nos, poison)
+                    await self._keys.record(
+                        conn, self._key, batch.batch_no, self._keys.without(cells, refused)
+                    )
         except asyncpg.UniqueViolationError as exc:
             # Only the ledger key can collide here (dead letters upsert): another attempt of
             # this very batch committed first. The next attempt finds it and counts it once.

@@ -1,0 +1,657 @@
+"""An order-independent digest of a partition's keys: count-preserving corruption is caught.
+
+Counts cannot tell a partition that lost key 17 and gained a foreign key 900001 from a
+correct one. So every batch also records a digest of the keys it wrote, in the same
+transaction as its rows and ledger row, and the blocking check recomputes the digest
+from the table and compares.
+
+The digest (all arithmetic mod 2^64, identical in numpy, Python and SQL):
+
+* a key value becomes a 64-bit word without any text form that depends on the session:
+  integers as themselves, dates as days since 1970-01-01, text (and uuid, as its
+  canonical text) as the first 8 bytes of the MD5 of its UTF-8 bytes;
+* a key's hash folds its words through the splitmix64 finaliser,
+  ``h = mix(h + word)`` from ``h = 0``; the finaliser is a bijection, so for a key of
+  one integer (or date) column the key can be recovered from its hash;
+* the partition column is left out (constant within a partition);
+* keys go to one of 256 cells by the top byte of their hash; each cell keeps the count,
+  the sum of the hashes and the sum of their squares. Sums are order-independent and,
+  unlike XOR, see a duplicate.
+
+Naming the keys: a cell that differs by exactly one key (count differs by one and the
+square-sum difference is the square of the sum difference: a false "pure" verdict has a
+chance of about 2^-60) holds the hash of that key. A foreign key is then looked up in
+the table by its hash. A missing key is no longer anywhere the check can read: it is
+named when the key is a single integer or date column (the hash is inverted), otherwise
+reported by its hash. Cells with several differences are reported as such, unnamed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import hashlib
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import numpy as np
+import numpy.typing as npt
+
+from etl_assets.postgres.arrow_copy import ArrowRows, column_types
+from etl_assets.postgres.ledger import LedgerTables
+from etl_assets.postgres.sql import quote_ident
+from etl_assets.postgres.target import TableTarget, WriteMode
+from etl_assets.postgres.verify import REPLAY_MODE, latest_load
+
+__all__ = [
+    "CELLS",
+    "KeyCells",
+    "KeyDigester",
+    "KeyAudit",
+    "KeyKind",
+    "KeySpec",
+    "audit_keys",
+    "mix",
+    "unmix",
+    "verify_keys",
+]
+
+U64 = npt.NDArray[np.uint64]
+Row = tuple[Any, ...]
+
+CELLS = 256
+_MASK = (1 << 64) - 1
+_C1, _C2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+_S1, _S2, _S3 = 30, 27, 31
+_EPOCH = dt.date(1970, 1, 1).toordinal()
+# A value no column of that kind can hold (None, a str in an integer column): the server
+# refuses the row, which then leaves the digest again as a dead letter. Any constant works
+# as long as the batch and the per-row functions agree.
+_ODD_VALUE = 0x6F64645F76616C75
+
+
+class KeyKind(enum.Enum):
+    """How a key column becomes a 64-bit word."""
+
+    INT = "int"
+    DATE = "date"
+    TEXT = "text"
+    UUID = "uuid"
+
+
+_KINDS = {  # format_type spellings (what the catalog says), and the usual aliases
+    "bigint": KeyKind.INT,
+    "int8": KeyKind.INT,
+    "int4": KeyKind.INT,
+    "int2": KeyKind.INT,
+    "varchar": KeyKind.TEXT,
+    "integer": KeyKind.INT,
+    "smallint": KeyKind.INT,
+    "date": KeyKind.DATE,
+    "text": KeyKind.TEXT,
+    "character varying": KeyKind.TEXT,
+    "uuid": KeyKind.UUID,
+}
+_INT_RANGE = {"bigint": 63, "int8": 63, "integer": 31, "int4": 31, "smallint": 15, "int2": 15}
+
+
+# --- the hash ------------------------------------------------------------------------
+
+
+def mix(x: U64) -> U64:
+    """splitmix64's finaliser on a uint64 array (wraps mod 2^64, as the SQL does)."""
+    x = x ^ (x >> np.uint64(_S1))
+    x = x * np.uint64(_C1)
+    x = x ^ (x >> np.uint64(_S2))
+    x = x * np.uint64(_C2)
+    return x ^ (x >> np.uint64(_S3))
+
+
+def mix_int(x: int) -> int:
+    """:func:`mix` of one value (Python int in [0, 2^64))."""
+    x ^= x >> _S1
+    x = (x * _C1) & _MASK
+    x ^= x >> _S2
+    x = (x * _C2) & _MASK
+    return x ^ (x >> _S3)
+
+
+def unmix(h: int) -> int:
+    """The inverse of :func:`mix_int`: each step (xorshift, odd multiply) is a bijection."""
+    h = _unshift(h, _S3)
+    h = (h * pow(_C2, -1, 1 << 64)) & _MASK
+    h = _unshift(h, _S2)
+    h = (h * pow(_C1, -1, 1 << 64)) & _MASK
+    return _unshift(h, _S1)
+
+
+def _unshift(y: int, s: int) -> int:
+    x = y
+    for _ in range(64 // s + 1):
+        x = y ^ (x >> s)
+    return x
+
+
+def _text_word(value: str) -> int:
+    try:
+        data = value.encode()
+    except UnicodeEncodeError:  # lone surrogates: asyncpg cannot send it, the row is refused
+        return _ODD_VALUE
+    return int.from_bytes(hashlib.md5(data).digest()[:8], "big")
+
+
+def _words(kind: KeyKind, value: Any) -> tuple[int, ...]:
+    """One key value as 64-bit words: the reference the vectorised paths must match.
+
+    A uuid is two words (its 128 bits); every other kind is one.
+    """
+    if kind is KeyKind.UUID:
+        try:
+            bits = value.int if isinstance(value, uuid.UUID) else uuid.UUID(str(value)).int
+        except ValueError:  # not a uuid: the server refuses it too
+            return _ODD_VALUE, _ODD_VALUE
+        return bits >> 64, bits & _MASK
+    if kind is KeyKind.INT and isinstance(value, int | np.integer):
+        return (int(value) & _MASK,)
+    if kind is KeyKind.DATE and isinstance(value, dt.date):
+        return ((value.toordinal() - _EPOCH) & _MASK,)
+    if kind is KeyKind.TEXT and isinstance(value, str):
+        return (_text_word(value),)
+    return (_ODD_VALUE,)
+
+
+# --- which columns ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class KeySpec:
+    """The key columns a digest covers (the primary key minus the partition column)."""
+
+    columns: tuple[str, ...]
+    positions: tuple[int, ...]  # in the target's row tuples
+    kinds: tuple[KeyKind, ...]
+    int_bits: tuple[int, ...]  # value bits of integer columns (63, 31, 15), 0 otherwise
+
+    @classmethod
+    def for_target(cls, target: TableTarget, types: Mapping[str, str]) -> KeySpec | str:
+        """The spec from the table's real column types, or why there is no digest."""
+        columns = tuple(c for c in target.primary_key if c != target.partition_column)
+        if not columns:
+            return f"{target.name} has no primary key besides the partition column"
+        kinds, bits = [], []
+        for column in columns:
+            base = re.sub(r"\(.*?\)", "", types.get(column, "")).strip()
+            if base not in _KINDS:
+                return (
+                    f"key column {column!r} has type {types.get(column, 'unknown')!r}, "
+                    "which the key digest cannot hash identically in Python and SQL"
+                )
+            kinds.append(_KINDS[base])
+            bits.append(_INT_RANGE.get(base, 0))
+        positions = tuple(target.row_columns.index(c) for c in columns)
+        return cls(columns, positions, tuple(kinds), tuple(bits))
+
+    def row_hash(self, row: Row) -> int:
+        """The hash of one row's key (the reference; used for the few dead-lettered rows)."""
+        h = 0
+        for position, kind in zip(self.positions, self.kinds, strict=True):
+            for word in _words(kind, row[position]):
+                h = mix_int((h + word) & _MASK)
+        return h
+
+    def hashes(self, rows: Sequence[Row]) -> U64:
+        """Hashes of every row's key, vectorised over columns."""
+        h = np.zeros(len(rows), dtype=np.uint64)
+        for position, kind in zip(self.positions, self.kinds, strict=True):
+            for words in _column_words(rows, position, kind):
+                h = mix(h + words)
+        return h
+
+    def name(self, values: Sequence[Any]) -> str:
+        return ", ".join(f"{c}={v!r}" for c, v in zip(self.columns, values, strict=True))
+
+    def invert(self, h: int) -> str | None:
+        """The key whose hash is ``h``, if one integer or date column makes the key."""
+        if len(self.kinds) != 1 or self.kinds[0] not in (KeyKind.INT, KeyKind.DATE):
+            return None
+        word = unmix(h)
+        value = word - (1 << 64) if word >> 63 else word
+        if self.kinds[0] is KeyKind.DATE:
+            try:
+                return self.name([dt.date.fromordinal(value + _EPOCH)])
+            except (ValueError, OverflowError):  # outside the date range: not a real key
+                return None
+        if not -(1 << self.int_bits[0]) <= value < 1 << self.int_bits[0]:
+            return None
+        return self.name([value])
+
+
+def _column_words(rows: Sequence[Row], position: int, kind: KeyKind) -> list[U64]:
+    """The column's words, one array per word of the kind (a uuid has two)."""
+    if isinstance(rows, ArrowRows):
+        return _arrow_words(rows, position, kind)
+    values = [row[position] for row in rows]
+    fast = _fast_words(values, kind)
+    if fast is not None:
+        return fast
+    width = 2 if kind is KeyKind.UUID else 1
+    flat = np.fromiter(
+        (w for v in values for w in _words(kind, v)), dtype=np.uint64, count=width * len(values)
+    )
+    return [flat[i::width] for i in range(width)]
+
+
+def _fast_words(values: list[Any], kind: KeyKind) -> list[U64] | None:
+    """Vectorised words of well-typed values; None sends the column to the reference."""
+    if kind is KeyKind.INT:
+        array = np.array(values) if values else np.zeros(0, dtype=np.int64)
+        if array.dtype.kind in "ib" or (array.dtype.kind == "u" and array.dtype.itemsize < 8):
+            return [array.astype(np.int64).view(np.uint64)]
+        return None
+    if kind is KeyKind.TEXT:
+        return [_distinct_text_words(values)]
+    try:
+        if kind is KeyKind.DATE:
+            days = np.fromiter((v.toordinal() for v in values), dtype=np.int64, count=len(values))
+            return [(days - _EPOCH).view(np.uint64)]
+        pairs = np.frombuffer(b"".join(v.bytes for v in values), dtype=">u8").astype(np.uint64)
+    except (AttributeError, TypeError):  # None, a str in a uuid or date column: row by row
+        return None
+    return [pairs[0::2], pairs[1::2]]
+
+
+def _distinct_text_words(values: list[Any]) -> U64:
+    """Through Arrow: its dictionary encoding finds the distinct values in C."""
+    import pyarrow as pa
+
+    try:
+        column = pa.array(values, type=pa.string())
+    except (pa.ArrowException, UnicodeEncodeError):  # not all str: row by row
+        column = None
+    if column is None or column.null_count:
+        return np.fromiter((_words(KeyKind.TEXT, v)[0] for v in values), dtype=np.uint64)
+    return _text_column_words(column)
+
+
+def _text_column_words(column: Any) -> U64:
+    """MD5 once per distinct value: text key parts repeat (a file name, a module)."""
+    import pyarrow.compute as pc
+
+    encoded = pc.dictionary_encode(column)
+    distinct = encoded.dictionary.to_pylist()
+    digests = b"".join([hashlib.md5(v.encode()).digest() for v in distinct])
+    table = np.frombuffer(digests, dtype=">u8")[::2].astype(np.uint64)
+    words: U64 = table[encoded.indices.to_numpy()]
+    return words
+
+
+def _arrow_words(rows: ArrowRows, position: int, kind: KeyKind) -> list[U64]:
+    import pyarrow as pa
+
+    column = rows.batch.column(position)
+    if column.null_count or not (
+        (kind is KeyKind.INT and pa.types.is_integer(column.type))
+        or (kind is KeyKind.DATE and pa.types.is_date32(column.type))
+        or (kind is KeyKind.TEXT and pa.types.is_string(column.type))
+    ):  # nulls (refused by the server) or a type this path does not see: row by row
+        return _column_words([(v,) for v in column.to_pylist()], 0, kind)
+    if kind is KeyKind.TEXT:
+        return [_text_column_words(column)]
+    if kind is KeyKind.DATE:
+        column = column.cast(pa.int32())
+    return [column.to_numpy().astype(np.int64).view(np.uint64)]
+
+
+# --- cells -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class KeyCells:
+    """Per cell (top byte of the hash): count, sum of hashes, sum of squares, mod 2^64."""
+
+    counts: U64
+    sums: U64
+    squares: U64
+
+    @classmethod
+    def empty(cls) -> KeyCells:
+        return cls(*(np.zeros(CELLS, dtype=np.uint64) for _ in range(3)))
+
+    @classmethod
+    def of(cls, hashes: U64) -> KeyCells:
+        cell = (hashes >> np.uint64(56)).astype(np.intp)
+        counts = np.bincount(cell, minlength=CELLS).astype(np.uint64)
+        sums, squares = np.zeros(CELLS, dtype=np.uint64), np.zeros(CELLS, dtype=np.uint64)
+        np.add.at(sums, cell, hashes)
+        np.add.at(squares, cell, hashes * hashes)
+        return cls(counts, sums, squares)
+
+    def __add__(self, other: KeyCells) -> KeyCells:
+        return KeyCells(
+            self.counts + other.counts, self.sums + other.sums, self.squares + other.squares
+        )
+
+    def __sub__(self, other: KeyCells) -> KeyCells:
+        return KeyCells(
+            self.counts - other.counts, self.sums - other.sums, self.squares - other.squares
+        )
+
+    def to_db(self) -> list[int]:
+        """``bigint[]`` of 3 * 256 words (counts, sums, squares), two's complement."""
+        words = np.concatenate([self.counts, self.sums, self.squares])
+        return [int(w) for w in words.view(np.int64)]
+
+    @classmethod
+    def from_db(cls, words: Sequence[int]) -> KeyCells:
+        array = np.array(words, dtype=np.int64).view(np.uint64)
+        if len(array) != 3 * CELLS:
+            raise ValueError(f"a key digest has {3 * CELLS} words, not {len(array)}")
+        return cls(array[:CELLS], array[CELLS : 2 * CELLS], array[2 * CELLS :])
+
+    @property
+    def keys(self) -> int:
+        return int(self.counts.sum())
+
+
+class KeyDigester:
+    """What the writer needs: the cells of a batch's rows, minus rows Postgres refused."""
+
+    __slots__ = ("_ledger_table", "spec")
+
+    def __init__(self, spec: KeySpec, ledger_table: str) -> None:
+        self.spec = spec
+        self._ledger_table = ledger_table
+
+    @classmethod
+    def for_target(
+        cls, target: TableTarget, types: Mapping[str, str], ledger_table: str
+    ) -> KeyDigester | None:
+        spec = KeySpec.for_target(target, types)
+        return cls(spec, ledger_table) if isinstance(spec, KeySpec) else None
+
+    def cells(self, rows: Sequence[Row]) -> KeyCells:
+        return KeyCells.of(self.spec.hashes(rows)) if len(rows) else KeyCells.empty()
+
+    def without(self, cells: KeyCells, refused: Sequence[Row]) -> KeyCells:
+        """``cells`` minus the rows the server refused (dead letters: few, row by row)."""
+        if not refused:
+            return cells
+        hashes = np.array([self.spec.row_hash(row) for row in refused], dtype=np.uint64)
+        return cells - KeyCells.of(hashes)
+
+    async def record(
+        self, conn: asyncpg.Connection, key: tuple[str, str, str], batch_no: int, cells: KeyCells
+    ) -> None:
+        """Store the batch's cells on its ledger row, inside the batch's transaction."""
+        await conn.execute(
+            f"UPDATE {self._ledger_table} SET key_cells = $5 WHERE target = $1 "
+            "AND partition_key = $2 AND load_id = $3 AND batch_no = $4",
+            *key,
+            batch_no,
+            cells.to_db(),
+        )
+
+
+def refused_rows(
+    rows: Sequence[Row], record_nos: Sequence[int], letters: Sequence[Any]
+) -> list[Row]:
+    """The rows of ``letters`` (dead letters the server refused), found by record number."""
+    if not letters:
+        return []
+    index = {no: i for i, no in enumerate(record_nos)}
+    return [rows[index[letter.record_no]] for letter in letters]
+
+
+# --- the same hash in SQL ----------------------------------------------------------------
+
+_TWO64 = 1 << 64
+_TWO63 = 1 << 63
+
+
+def _signed(numeric: str) -> str:
+    """A numeric in [0, 2^64) as the bigint with the same bits (no overflow on the way)."""
+    return f"((({numeric}) - {_TWO63})::bigint # ({-_TWO63})::bigint)"
+
+
+def _mul(z: str, constant: int) -> str:
+    return _signed(f"(({z})::numeric + {_TWO64}) * {constant} % {_TWO64}")
+
+
+def _add(a: str, b: str) -> str:
+    return _signed(f"(({a})::numeric + ({b})::numeric + {2 * _TWO64}) % {_TWO64}")
+
+
+def _xorshift(z: str, shift: int) -> str:
+    """``z ^ (z >>> shift)``: bigint's ``>>`` is arithmetic, so mask the sign copies off."""
+    return f"({z} # (({z} >> {shift}) & {(1 << (64 - shift)) - 1}))"
+
+
+def _sql_words(kind: KeyKind, column: str) -> list[str]:
+    """The words of :func:`_words`, from the stored value (no session-dependent text form)."""
+    if kind is KeyKind.INT:
+        return [f"{column}::bigint"]
+    if kind is KeyKind.DATE:
+        return [f"({column} - DATE '1970-01-01')::bigint"]
+    if kind is KeyKind.UUID:  # uuid::text is canonical: 8-4-4-4-12 lower-case hex
+        hexed = f"replace({column}::text, '-', '')"
+        return [f"('x' || {part}({hexed}, 16))::bit(64)::bigint" for part in ("left", "right")]
+    return [f"('x' || left(md5(convert_to({column}, 'UTF8')), 16))::bit(64)::bigint"]
+
+
+def hash_query(spec: KeySpec, target: TableTarget) -> str:
+    """``SELECT h, k0, k1, ...`` over the partition ``$1``: the key hash of every row.
+
+    Each step is a subquery fenced by ``OFFSET 0``: a step uses its input twice
+    (``z # (z >> s)``), and without the fence the planner would inline the steps and
+    evaluate the innermost expression 2^steps times.
+    """
+    keys = [f"k{i}" for i in range(len(spec.columns))]
+    word_sql = [
+        w for col, kind in zip(spec.columns, spec.kinds, strict=True)
+        for w in _sql_words(kind, quote_ident(col))
+    ]  # fmt: skip
+    words = [f"w{i}" for i in range(len(word_sql))]
+    carried = ", ".join([*words, *keys])
+    sql = (
+        "SELECT "
+        + ", ".join([*(f"{w} AS w{i}" for i, w in enumerate(word_sql))])
+        + ", "
+        + ", ".join(f"{quote_ident(col)} AS k{i}" for i, col in enumerate(spec.columns))
+        + f" FROM {target.sql_name} WHERE {quote_ident(target.partition_column)} = $1"
+    )
+    for i, word in enumerate(words):
+        steps = [
+            word if i == 0 else _add("z", word),
+            _xorshift("z", _S1),
+            _mul("z", _C1),
+            _xorshift("z", _S2),
+            _mul("z", _C2),
+            _xorshift("z", _S3),
+        ]
+        for step in steps:
+            sql = f"SELECT {step} AS z, {carried} FROM ({sql} OFFSET 0) AS q"
+    return f"SELECT z AS h, {', '.join(keys)} FROM ({sql} OFFSET 0) AS hashed"
+
+
+def cells_query(spec: KeySpec, target: TableTarget) -> str:
+    """Per cell: count, exact numeric sums of the hashes and their squares (mod 2^64 later)."""
+    return (
+        f"SELECT ((h >> 56) & 255)::int AS cell, count(*) AS n, sum(u) AS s, sum(u * u) AS q "
+        f"FROM (SELECT h, h::numeric + CASE WHEN h < 0 THEN {_TWO64} ELSE 0 END AS u "
+        f"FROM ({hash_query(spec, target)}) AS hq OFFSET 0) AS x GROUP BY 1"
+    )
+
+
+async def table_cells(
+    conn: asyncpg.Connection, spec: KeySpec, target: TableTarget, day: dt.date
+) -> KeyCells:
+    """The cells of the keys the partition holds, computed by the server."""
+    cells = KeyCells.empty()
+    for row in await conn.fetch(cells_query(spec, target), day):
+        cells.counts[row["cell"]] = row["n"]
+        cells.sums[row["cell"]] = int(row["s"]) % _TWO64
+        cells.squares[row["cell"]] = int(row["q"]) % _TWO64
+    return cells
+
+
+# --- the check ---------------------------------------------------------------------------
+
+NAMED_LIMIT = 20
+
+
+@dataclass(frozen=True, slots=True)
+class KeyAudit:
+    """The partition's keys against the ledger's digest, and what differs."""
+
+    status: str  # "checked", or why only counts were checked
+    keys_in_table: int = 0
+    keys_in_ledger: int = 0
+    missing: tuple[str, ...] = ()  # named (or, when not invertible, by hash)
+    foreign: tuple[str, ...] = ()
+    unresolved: int = 0  # cells that differ by more than one key
+    problems: tuple[str, ...] = ()
+
+    def metadata(self) -> dict[str, int | str]:
+        return {
+            "key_digest": self.status,
+            "keys_missing": len(self.missing),
+            "keys_foreign": len(self.foreign),
+            "key_cells_unresolved": self.unresolved,
+        }
+
+
+async def verify_keys(
+    conn: asyncpg.Connection, ledger: LedgerTables, target: TableTarget, day: dt.date
+) -> KeyAudit:
+    """The key audit of the partition's latest finished load, in one snapshot.
+
+    Found nothing to compare (no table, no finished load)? Then the count audit of
+    ``written_equals_enqueued`` already fails the partition; this adds no second problem.
+    """
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        for table in (target.sql_name, ledger.loads):
+            if await conn.fetchval("SELECT to_regclass($1) IS NULL", table):
+                return KeyAudit(f"not checked: {table} does not exist")
+        load = await latest_load(conn, ledger, target.name, day.isoformat())
+        if load is None:
+            return KeyAudit("not checked: the partition has no finished load")
+        return await audit_keys(conn, ledger, target, day, load)
+
+
+async def audit_keys(
+    conn: asyncpg.Connection,
+    ledger: LedgerTables,
+    target: TableTarget,
+    day: dt.date,
+    load: Mapping[str, Any],
+) -> KeyAudit:
+    """Compare the digest of the partition's keys with the ledger's (load + later replays).
+
+    Replays write rows into the partition with ledger rows of their own: their cells are
+    added exactly where ``verify.audit_partition`` adds their ``written`` (``replayed_in``).
+    Run it inside a snapshot (REPEATABLE READ) so table and ledger agree in time.
+    """
+    types = await column_types(conn, target.schema, target.table)
+    spec = KeySpec.for_target(target, types)
+    if isinstance(spec, str):
+        return KeyAudit(f"counts only: {spec}")
+    stored = await conn.fetch(
+        f"SELECT b.key_cells FROM {ledger.ledger} AS b "
+        f"JOIN {ledger.loads} AS l USING (target, partition_key, load_id) "
+        "WHERE b.target = $1 AND b.partition_key = $2 "
+        "AND (b.load_id = $3 OR (l.mode = $4 AND l.started_at > $5))",
+        target.name,
+        day.isoformat(),
+        load["load_id"],
+        REPLAY_MODE,
+        load["finished_at"],
+    )
+    without = sum(row["key_cells"] is None for row in stored)
+    if without:
+        return KeyAudit(
+            f"counts only: {without} of {len(stored)} batch(es) have no key digest "
+            "(written before key digests existed)"
+        )
+    expected = KeyCells.empty()
+    for row in stored:
+        expected = expected + KeyCells.from_db(row["key_cells"])
+    actual = await table_cells(conn, spec, target, day)
+    return await _compare(conn, spec, target, day, expected, actual)
+
+
+async def _compare(
+    conn: asyncpg.Connection,
+    spec: KeySpec,
+    target: TableTarget,
+    day: dt.date,
+    expected: KeyCells,
+    actual: KeyCells,
+) -> KeyAudit:
+    counts = (actual.keys, expected.keys)
+    if target.mode is WriteMode.UPSERT and actual.keys != expected.keys:
+        # An upsert partition may keep keys of earlier loads: the sums cannot tell them apart.
+        return KeyAudit(
+            f"counts only: the upsert partition holds {actual.keys} keys, this load and its "
+            f"replays wrote {expected.keys} (keys of earlier loads stay)",
+            *counts,
+        )
+    diff = actual - expected
+    differing = np.flatnonzero((diff.counts | diff.sums | diff.squares) != 0)
+    if not len(differing):
+        return KeyAudit("checked", *counts)
+    foreign_hashes, missing_hashes, unresolved = _pure_cells(diff, differing.tolist())
+    foreign = await _lookup(conn, spec, target, day, foreign_hashes)
+    missing = tuple(spec.invert(h) or f"<key with hash {h:#018x}>" for h in missing_hashes)
+    problems = []
+    if missing:
+        problems.append(
+            f"{len(missing)} key(s) the ledger accounts for are not in the table: "
+            + _listing(missing)
+        )
+    if foreign:
+        problems.append(
+            f"{len(foreign)} key(s) in the table were never written by a load: " + _listing(foreign)
+        )
+    if unresolved:
+        problems.append(
+            f"{unresolved} digest cell(s) differ by more than one key: those keys cannot be named"
+        )
+    return KeyAudit("checked", *counts, missing, foreign, unresolved, tuple(problems))
+
+
+def _pure_cells(diff: KeyCells, differing: Sequence[int]) -> tuple[list[int], list[int], int]:
+    """Hashes of cells that differ by exactly one key: (foreign, missing, other cells)."""
+    foreign, missing, unresolved = [], [], 0
+    for cell in differing:
+        count = int(diff.counts[cell].view(np.int64))
+        s, q = int(diff.sums[cell]), int(diff.squares[cell])
+        if count == 1 and (s * s) & _MASK == q and s >> 56 == cell:
+            foreign.append(s)
+        elif count == -1 and (-s & _MASK) ** 2 & _MASK == -q & _MASK and (-s & _MASK) >> 56 == cell:
+            missing.append(-s & _MASK)
+        else:
+            unresolved += 1
+    return foreign, missing, unresolved
+
+
+async def _lookup(
+    conn: asyncpg.Connection, spec: KeySpec, target: TableTarget, day: dt.date, hashes: list[int]
+) -> tuple[str, ...]:
+    """The table's keys with these hashes (a foreign key is in the table: find it)."""
+    if not hashes:
+        return ()
+    signed = [h - _TWO64 if h >> 63 else h for h in hashes]
+    rows = await conn.fetch(
+        f"SELECT * FROM ({hash_query(spec, target)}) AS k WHERE h = ANY($2::bigint[])", day, signed
+    )
+    found = {row["h"] & _MASK: spec.name(list(row)[1:]) for row in rows}
+    return tuple(found.get(h, f"<key with hash {h:#018x}>") for h in hashes)
+
+
+def _listing(names: Sequence[str]) -> str:
+    shown = ", ".join(f"({n})" for n in names[:NAMED_LIMIT])
+    return shown + (f" and {len(names) - NAMED_LIMIT} more" if len(names) > NAMED_LIMIT else "")
