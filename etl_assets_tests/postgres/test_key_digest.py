@@ -11,7 +11,6 @@ from typing import Any
 import asyncpg
 import numpy as np
 import pyarrow as pa
-import pytest
 
 from etl_assets.postgres.arrow_copy import ArrowRows
 from etl_assets.postgres.key_digest import (
@@ -105,7 +104,8 @@ def test_vectorised_hashes_match_the_row_by_row_reference() -> None:
     odd = [
         (None, 1, "a", "b", DAY, uuid.uuid4(), DAY),
         ("7", 1, 5, None, None, "not a uuid", DAY),
-        (np.int64(9), np.int16(2), "\udcff", "b", dt.datetime(2024, 1, 1, 5), str(uuid.uuid4()), DAY),
+        (np.int64(9), np.int16(2), "\udcff", "b", dt.datetime(2024, 1, 1, 5), str(uuid.uuid4()),
+         DAY),
     ]  # fmt: skip
     for sample in (rows, [*rows, *odd], odd):
         assert [int(h) for h in spec.hashes(sample)] == [spec.row_hash(r) for r in sample]
@@ -136,7 +136,8 @@ def test_cells_are_order_independent_and_see_a_duplicate() -> None:
     again = KeyCells.of(spec.hashes(shuffled))
     assert again.to_db() == cells.to_db()
     doubled = KeyCells.of(spec.hashes([*rows, rows[17], rows[17]]))
-    assert doubled.keys == 5_002 and doubled.to_db() != cells.to_db()
+    assert doubled.keys == 5_002
+    assert doubled.to_db() != cells.to_db()
     assert KeyCells.from_db(cells.to_db()).to_db() == cells.to_db()
     assert len(cells.to_db()) == 3 * CELLS
 
@@ -217,7 +218,8 @@ def test_a_row_trigger_that_swaps_a_row_during_the_load_is_named(pg_dsn: str, sc
         report = await load(pg_dsn, target, records(5_000))
         assert (report.written, report.dead_lettered) == (5_000, 0)
         counted = await partition_audit(pg_dsn, target, ledger_schema=schema)
-        assert counted.ok and counted.in_table == 5_000  # what the check saw before the digest
+        assert counted.ok
+        assert counted.in_table == 5_000
         keys = await _verify(pg_dsn, target)
         assert keys.problems == (
             "1 key(s) the ledger accounts for are not in the table: (event_id=17)",
@@ -261,9 +263,13 @@ def test_text_keys_name_the_foreign_key_and_give_the_missing_one_by_hash(
     target = TableTarget(
         schema=schema,
         table="lines",
-        columns=(Column("source_file", "text"), Column("line_no", "integer"), Column("msg", "text")),
+        columns=(
+            Column("source_file", "text"),
+            Column("line_no", "integer"),
+            Column("msg", "text"),
+        ),
         primary_key=("data_date", "source_file", "line_no"),
-    )  # fmt: skip
+    )
     rows = [{"source_file": f"f{i % 7}.log", "line_no": i, "msg": "m"} for i in range(3_000)]
 
     async def scenario() -> None:
@@ -394,7 +400,8 @@ def test_many_swaps_are_reported_as_unresolved_cells_never_passed(pg_dsn: str, s
         )
         keys = await _verify(pg_dsn, target)
         named = len(keys.missing) + len(keys.foreign)
-        assert keys.problems and keys.unresolved > 0
+        assert keys.problems
+        assert keys.unresolved > 0
         assert set(keys.missing) <= {f"event_id={i}" for i in range(600)}
         assert set(keys.foreign) <= {f"event_id={i + 5000}" for i in range(600)}
         assert named + 2 * keys.unresolved <= 1_200
