@@ -409,20 +409,36 @@ def refused_rows(
 # --- the same hash in SQL ----------------------------------------------------------------
 
 _TWO64 = 1 << 64
-_TWO63 = 1 << 63
 
 
-def _signed(numeric: str) -> str:
-    """A numeric in [0, 2^64) as the bigint with the same bits (no overflow on the way)."""
-    return f"((({numeric}) - {_TWO63})::bigint # ({-_TWO63})::bigint)"
+_M32 = (1 << 32) - 1
 
 
 def _mul(z: str, constant: int) -> str:
-    return _signed(f"(({z})::numeric + {_TWO64}) * {constant} % {_TWO64}")
+    """``z * constant mod 2^64`` in bigint arithmetic that never overflows.
+
+    Postgres raises on a bigint overflow, so the product is built from 32-bit halves
+    and 16-bit pieces of the constant: every partial product stays below 2^50, and only
+    the final ``<<`` (which Postgres does not check) reaches the sign bit. About twice as
+    fast as the same product in numeric.
+    """
+    c0, c1, c2, c3 = (constant >> shift & 0xFFFF for shift in (0, 16, 32, 48))
+    lo, hi = f"({z} & {_M32})", f"(({z} >> 32) & {_M32})"
+    p0, p1 = f"({lo} * {c0})", f"({lo} * {c1})"
+    low = f"(({p0} & {_M32}) + (({p1} & 65535) << 16))"
+    high = (
+        f"((({p0} >> 32) + ({p1} >> 16) + ({low} >> 32) + {hi} * {c0} "
+        f"+ ((({hi} * {c1}) & 65535) << 16) + {lo} * {c2} + ((({lo} * {c3}) & 65535) << 16)) "
+        f"& {_M32})"
+    )
+    return f"(({high} << 32) | ({low} & {_M32}))"
 
 
 def _add(a: str, b: str) -> str:
-    return _signed(f"(({a})::numeric + ({b})::numeric + {2 * _TWO64}) % {_TWO64}")
+    """``a + b mod 2^64`` in bigint, by 32-bit halves (no overflow)."""
+    low = f"(({a} & {_M32}) + ({b} & {_M32}))"
+    high = f"((({a} >> 32) & {_M32}) + (({b} >> 32) & {_M32}) + ({low} >> 32))"
+    return f"((({high} & {_M32}) << 32) | ({low} & {_M32}))"
 
 
 def _xorshift(z: str, shift: int) -> str:
@@ -478,11 +494,13 @@ def hash_query(spec: KeySpec, target: TableTarget) -> str:
 
 
 def cells_query(spec: KeySpec, target: TableTarget) -> str:
-    """Per cell: count, exact numeric sums of the hashes and their squares (mod 2^64 later)."""
+    """Per cell: count, exact sums of the hashes and of their squares (mod 2^64 in Python).
+
+    The signed hash is congruent to the unsigned one mod 2^64, and so is its square.
+    """
     return (
-        f"SELECT ((h >> 56) & 255)::int AS cell, count(*) AS n, sum(u) AS s, sum(u * u) AS q "
-        f"FROM (SELECT h, h::numeric + CASE WHEN h < 0 THEN {_TWO64} ELSE 0 END AS u "
-        f"FROM ({hash_query(spec, target)}) AS hq OFFSET 0) AS x GROUP BY 1"
+        "SELECT ((h >> 56) & 255)::int AS cell, count(*) AS n, sum(h) AS s, "
+        f"sum(h::numeric * h) AS q FROM ({hash_query(spec, target)}) AS hq GROUP BY 1"
     )
 
 
