@@ -5,11 +5,13 @@ correct one. So every batch also records a digest of the keys it wrote, in the s
 transaction as its rows and ledger row, and the blocking check recomputes the digest
 from the table and compares.
 
-The digest (all arithmetic mod 2^64, identical in numpy, Python and SQL):
+The digest (all arithmetic mod 2^64, identical in numpy, Python and SQL; the SQL side
+builds it from bigint operations that cannot overflow):
 
-* a key value becomes a 64-bit word without any text form that depends on the session:
-  integers as themselves, dates as days since 1970-01-01, text (and uuid, as its
-  canonical text) as the first 8 bytes of the MD5 of its UTF-8 bytes;
+* a key value becomes 64-bit words without any text form that depends on the session:
+  integers as themselves, dates as days since 1970-01-01, a uuid as its two 64-bit
+  halves, text as the first 8 bytes of the MD5 of its UTF-8 bytes (MD5 is the fast
+  hash both sides have built in; it runs once per distinct value in a batch);
 * a key's hash folds its words through the splitmix64 finaliser,
   ``h = mix(h + word)`` from ``h = 0``; the finaliser is a bijection, so for a key of
   one integer (or date) column the key can be recovered from its hash;
@@ -248,7 +250,12 @@ def _column_words(rows: Sequence[Row], position: int, kind: KeyKind) -> list[U64
 def _fast_words(values: list[Any], kind: KeyKind) -> list[U64] | None:
     """Vectorised words of well-typed values; None sends the column to the reference."""
     if kind is KeyKind.INT:
-        array = np.array(values) if values else np.zeros(0, dtype=np.int64)
+        try:
+            array = np.array(values) if values else np.zeros(0, dtype=np.int64)
+        except (ValueError, TypeError, OverflowError):  # ragged lists and the like: refused
+            return None
+        if array.ndim != 1:  # a list or tuple in the column (refused by the server)
+            return None
         if array.dtype.kind in "ib" or (array.dtype.kind == "u" and array.dtype.itemsize < 8):
             return [array.astype(np.int64).view(np.uint64)]
         return None
@@ -409,8 +416,6 @@ def refused_rows(
 # --- the same hash in SQL ----------------------------------------------------------------
 
 _TWO64 = 1 << 64
-
-
 _M32 = (1 << 32) - 1
 
 

@@ -104,6 +104,7 @@ def test_vectorised_hashes_match_the_row_by_row_reference() -> None:
     odd = [
         (None, 1, "a", "b", DAY, uuid.uuid4(), DAY),
         ("7", 1, 5, None, None, "not a uuid", DAY),
+        ([1, 2], (3,), ["x"], b"y", "2024-01-01", 42, DAY),
         (np.int64(9), np.int16(2), "\udcff", "b", dt.datetime(2024, 1, 1, 5), str(uuid.uuid4()),
          DAY),
     ]  # fmt: skip
