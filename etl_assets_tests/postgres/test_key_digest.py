@@ -348,6 +348,54 @@ def test_rows_refused_by_the_server_and_replayed_are_accounted_like_the_counts(
     asyncio.run(scenario())
 
 
+def test_a_row_trigger_on_a_partitioned_parent_swapping_a_replayed_row_is_named(
+    pg_dsn: str, schema: str
+) -> None:
+    """The trigger is cloned to the day's partition; the replay's COPY passes through it."""
+    target = TableTarget(
+        schema=schema,
+        table="events",
+        columns=columns_from_model(Event),
+        primary_key=("data_date", "event_id"),
+    )
+    source = [Event(event_id=i, user_name=f"u{i}", amount=i) for i in range(1_000)]
+    source[300].amount = -1.0
+    fn = qualified(schema, "swap_replayed")
+
+    async def scenario() -> None:
+        await execute(pg_dsn, f"CREATE SCHEMA {quote_ident(schema)}; {target.create_table_sql()}")
+        await execute(
+            pg_dsn, f"ALTER TABLE {target.sql_name} ADD CONSTRAINT pos CHECK (amount >= 0)"
+        )
+        await load(pg_dsn, target, source, model=Event)
+        await execute(
+            pg_dsn,
+            f"""ALTER TABLE {target.sql_name} DROP CONSTRAINT pos;
+            CREATE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+              IF NEW.event_id = 300 THEN
+                INSERT INTO {target.sql_name} VALUES (900300, 'intruder', 0, NEW.data_date);
+                RETURN NULL;
+              END IF;
+              RETURN NEW;
+            END $$;
+            CREATE TRIGGER swap_replayed BEFORE INSERT ON {target.sql_name}
+              FOR EACH ROW EXECUTE FUNCTION {fn}();""",
+        )
+        async with PostgresResource(dsn=pg_dsn).pool() as pool:
+            report = await replay_dead_letters(
+                pool, target, DAY, load_id="replay-1", model=Event,
+                settings=LoadSettings(ledger_schema=schema),
+            )  # fmt: skip
+        assert (report.replayed, report.written) == (1, 1)
+        counted = await partition_audit(pg_dsn, target, ledger_schema=schema)
+        assert counted.ok
+        assert (counted.in_table, counted.written, counted.replayed_in) == (1_000, 999, 1)
+        keys = await _verify(pg_dsn, target)
+        assert (keys.missing, keys.foreign) == (("event_id=300",), ("event_id=900300",))
+
+    asyncio.run(scenario())
+
+
 def test_an_arrow_load_is_digested_and_a_swap_named(pg_dsn: str, schema: str) -> None:
     """The columnar path's vectorised digest matches what the server recomputes."""
     target = events_target(schema)
