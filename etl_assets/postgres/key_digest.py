@@ -16,16 +16,19 @@ builds it from bigint operations that cannot overflow):
   ``h = mix(h + word)`` from ``h = 0``; the finaliser is a bijection, so for a key of
   one integer (or date) column the key can be recovered from its hash;
 * the partition column is left out (constant within a partition);
-* keys go to one of 256 cells by the top byte of their hash; each cell keeps the count,
-  the sum of the hashes and the sum of their squares. Sums are order-independent and,
-  unlike XOR, see a duplicate.
+* each key is added to one cell in each of two tables of 256 cells (by the hash's top
+  byte, and by its next byte); a cell keeps the count, the sum of the hashes and the
+  sum of their squares. Sums are order-independent and, unlike XOR, see a duplicate.
 
 Naming the keys: a cell that differs by exactly one key (count differs by one and the
 square-sum difference is the square of the sum difference: a false "pure" verdict has a
-chance of about 2^-60) holds the hash of that key. A foreign key is then looked up in
-the table by its hash. A missing key is no longer anywhere the check can read: it is
-named when the key is a single integer or date column (the hash is inverted), otherwise
-reported by its hash. Cells with several differences are reported as such, unnamed.
+chance of about 2^-60) holds the hash of that key; the key is then taken out of its
+other cell too, which may leave that one pure (peeling, as in an invertible Bloom lookup
+table; it names every difference with high probability up to some 100-200 of them). A
+foreign key is looked up in the table by its hash. A missing key is no longer anywhere
+the check can read: it is named when the key is a single integer or date column (the
+hash is inverted), otherwise reported by its hash. What peeling cannot separate is
+reported as cells that still differ, unnamed.
 """
 
 from __future__ import annotations
@@ -316,9 +319,20 @@ def _arrow_words(rows: ArrowRows, position: int, kind: KeyKind) -> list[U64]:
 # --- cells -----------------------------------------------------------------------------
 
 
+def homes(h: int) -> tuple[int, int]:
+    """The key's cell in each of the two tables: the hash's top byte, and its next byte."""
+    return h >> 56, CELLS + (h >> 48 & 0xFF)
+
+
 @dataclass(frozen=True, slots=True)
 class KeyCells:
-    """Per cell (top byte of the hash): count, sum of hashes, sum of squares, mod 2^64."""
+    """Two tables of 256 cells; a key is counted in one cell of each (its :func:`homes`).
+
+    Per cell, mod 2^64: the count, the sum of hashes and the sum of their squares. Two
+    tables instead of one let the check peel differences (an invertible Bloom lookup
+    table): a key named from a cell where it differs alone is taken out of its other
+    cell, which may then hold one difference only.
+    """
 
     counts: U64
     sums: U64
@@ -326,15 +340,17 @@ class KeyCells:
 
     @classmethod
     def empty(cls) -> KeyCells:
-        return cls(*(np.zeros(CELLS, dtype=np.uint64) for _ in range(3)))
+        return cls(*(np.zeros(2 * CELLS, dtype=np.uint64) for _ in range(3)))
 
     @classmethod
     def of(cls, hashes: U64) -> KeyCells:
-        cell = (hashes >> np.uint64(56)).astype(np.intp)
-        counts = np.bincount(cell, minlength=CELLS).astype(np.uint64)
-        sums, squares = np.zeros(CELLS, dtype=np.uint64), np.zeros(CELLS, dtype=np.uint64)
-        np.add.at(sums, cell, hashes)
-        np.add.at(squares, cell, hashes * hashes)
+        first = (hashes >> np.uint64(56)).astype(np.intp)
+        second = (hashes >> np.uint64(48) & np.uint64(0xFF)).astype(np.intp) + CELLS
+        cell, doubled = np.concatenate([first, second]), np.concatenate([hashes, hashes])
+        counts = np.bincount(cell, minlength=2 * CELLS).astype(np.uint64)
+        sums, squares = np.zeros(2 * CELLS, dtype=np.uint64), np.zeros(2 * CELLS, dtype=np.uint64)
+        np.add.at(sums, cell, doubled)
+        np.add.at(squares, cell, doubled * doubled)
         return cls(counts, sums, squares)
 
     def __add__(self, other: KeyCells) -> KeyCells:
@@ -348,20 +364,21 @@ class KeyCells:
         )
 
     def to_db(self) -> list[int]:
-        """``bigint[]`` of 3 * 256 words (counts, sums, squares), two's complement."""
+        """``bigint[]`` of 3 * 512 words (counts, sums, squares), two's complement."""
         words = np.concatenate([self.counts, self.sums, self.squares])
         return [int(w) for w in words.view(np.int64)]
 
     @classmethod
     def from_db(cls, words: Sequence[int]) -> KeyCells:
         array = np.array(words, dtype=np.int64).view(np.uint64)
-        if len(array) != 3 * CELLS:
-            raise ValueError(f"a key digest has {3 * CELLS} words, not {len(array)}")
-        return cls(array[:CELLS], array[CELLS : 2 * CELLS], array[2 * CELLS :])
+        n = 2 * CELLS
+        if len(array) != 3 * n:
+            raise ValueError(f"a key digest has {3 * n} words, not {len(array)}")
+        return cls(array[:n], array[n : 2 * n], array[2 * n :])
 
     @property
     def keys(self) -> int:
-        return int(self.counts.sum())
+        return int(self.counts[:CELLS].sum())  # each key is in both tables: count one
 
 
 class KeyDigester:
@@ -499,13 +516,15 @@ def hash_query(spec: KeySpec, target: TableTarget) -> str:
 
 
 def cells_query(spec: KeySpec, target: TableTarget) -> str:
-    """Per cell: count, exact sums of the hashes and of their squares (mod 2^64 in Python).
+    """Per cell of both tables: count, exact sums of the hashes and of their squares.
 
-    The signed hash is congruent to the unsigned one mod 2^64, and so is its square.
+    The signed hash is congruent to the unsigned one mod 2^64, and so is its square; the
+    sums are reduced mod 2^64 in Python. One scan: GROUPING SETS gives both tables.
     """
     return (
-        "SELECT ((h >> 56) & 255)::int AS cell, count(*) AS n, sum(h) AS s, "
-        f"sum(h::numeric * h) AS q FROM ({hash_query(spec, target)}) AS hq GROUP BY 1"
+        "SELECT c1, c2, count(*) AS n, sum(h) AS s, sum(h::numeric * h) AS q "
+        f"FROM (SELECT h, (h >> 56) & 255 AS c1, {CELLS} + ((h >> 48) & 255) AS c2 "
+        f"FROM ({hash_query(spec, target)}) AS hq) AS x GROUP BY GROUPING SETS ((c1), (c2))"
     )
 
 
@@ -515,9 +534,10 @@ async def table_cells(
     """The cells of the keys the partition holds, computed by the server."""
     cells = KeyCells.empty()
     for row in await conn.fetch(cells_query(spec, target), day):
-        cells.counts[row["cell"]] = row["n"]
-        cells.sums[row["cell"]] = int(row["s"]) % _TWO64
-        cells.squares[row["cell"]] = int(row["q"]) % _TWO64
+        cell = row["c1"] if row["c1"] is not None else row["c2"]
+        cells.counts[cell] = row["n"]
+        cells.sums[cell] = int(row["s"]) % _TWO64
+        cells.squares[cell] = int(row["q"]) % _TWO64
     return cells
 
 
@@ -623,10 +643,9 @@ async def _compare(
             *counts,
         )
     diff = actual - expected
-    differing = np.flatnonzero((diff.counts | diff.sums | diff.squares) != 0)
-    if not len(differing):
+    if not np.any((diff.counts | diff.sums | diff.squares) != 0):
         return KeyAudit("checked", *counts)
-    foreign_hashes, missing_hashes, unresolved = _pure_cells(diff, differing.tolist())
+    foreign_hashes, missing_hashes, unresolved = _peel(diff)
     foreign = await _lookup(conn, spec, target, day, foreign_hashes)
     missing = tuple(spec.invert(h) or f"<key with hash {h:#018x}>" for h in missing_hashes)
     problems = []
@@ -641,24 +660,41 @@ async def _compare(
         )
     if unresolved:
         problems.append(
-            f"{unresolved} digest cell(s) differ by more than one key: those keys cannot be named"
+            f"{unresolved} digest cell(s) still differ by more than one key after naming the "
+            "others: those keys cannot be named (a mass change; compare with the source)"
         )
     return KeyAudit("checked", *counts, missing, foreign, unresolved, tuple(problems))
 
 
-def _pure_cells(diff: KeyCells, differing: Sequence[int]) -> tuple[list[int], list[int], int]:
-    """Hashes of cells that differ by exactly one key: (foreign, missing, other cells)."""
-    foreign, missing, unresolved = [], [], 0
-    for cell in differing:
-        count = int(diff.counts[cell].view(np.int64))
-        s, q = int(diff.sums[cell]), int(diff.squares[cell])
-        if count == 1 and (s * s) & _MASK == q and s >> 56 == cell:
-            foreign.append(s)
-        elif count == -1 and (-s & _MASK) ** 2 & _MASK == -q & _MASK and (-s & _MASK) >> 56 == cell:
-            missing.append(-s & _MASK)
-        else:
-            unresolved += 1
-    return foreign, missing, unresolved
+def _peel(diff: KeyCells) -> tuple[list[int], list[int], int]:
+    """Hashes of the differing keys: (foreign, missing, first-table cells left unresolved).
+
+    A cell whose difference is one key (count +-1, and the square-sum difference is the
+    square of the sum difference) gives that key's hash; it is then taken out of both of
+    its cells, which may leave another cell with a single difference. Stops when no cell
+    is pure: what remains differs by several keys per cell.
+    """
+    counts = [int(c) for c in diff.counts.view(np.int64)]
+    sums, squares = [int(v) for v in diff.sums], [int(v) for v in diff.squares]
+    found: dict[int, list[int]] = {1: [], -1: []}
+    progress = True
+    while progress:
+        progress = False
+        for cell in range(2 * CELLS):
+            sign = counts[cell]
+            if sign not in (1, -1):
+                continue
+            h = sums[cell] * sign & _MASK
+            if (h * h) & _MASK != squares[cell] * sign & _MASK or cell not in homes(h):
+                continue
+            found[sign].append(h)
+            for home in homes(h):
+                counts[home] -= sign
+                sums[home] = (sums[home] - sign * h) & _MASK
+                squares[home] = (squares[home] - sign * h * h) & _MASK
+            progress = True
+    unresolved = sum(1 for c in range(CELLS) if counts[c] or sums[c] or squares[c])
+    return found[1], found[-1], unresolved
 
 
 async def _lookup(

@@ -140,7 +140,7 @@ def test_cells_are_order_independent_and_see_a_duplicate() -> None:
     assert doubled.keys == 5_002
     assert doubled.to_db() != cells.to_db()
     assert KeyCells.from_db(cells.to_db()).to_db() == cells.to_db()
-    assert len(cells.to_db()) == 3 * CELLS
+    assert len(cells.to_db()) == 3 * 2 * CELLS  # count, sum, squares; two tables of cells
 
 
 def test_a_key_the_digest_cannot_hash_alike_means_counts_only() -> None:
@@ -434,6 +434,25 @@ def test_an_upsert_partition_holding_earlier_keys_is_checked_by_counts_only(
         keys = await _verify(pg_dsn, target)
         assert keys.problems == ()
         assert keys.status.startswith("counts only: the upsert partition holds 100 keys")
+
+    asyncio.run(scenario())
+
+
+def test_forty_swapped_keys_are_all_named_by_peeling(pg_dsn: str, schema: str) -> None:
+    """80 differences collide in single cells; peeling the two tables names every one."""
+    target = events_target(schema)
+
+    async def scenario() -> None:
+        await load(pg_dsn, target, records(10_000))
+        await execute(
+            pg_dsn,
+            f"UPDATE {target.sql_name} SET event_id = event_id + 1000000 WHERE event_id % 250 = 7",
+        )
+        keys = await _verify(pg_dsn, target)
+        moved = range(7, 10_000, 250)
+        assert sorted(keys.missing) == sorted(f"event_id={i}" for i in moved)
+        assert sorted(keys.foreign) == sorted(f"event_id={i + 1_000_000}" for i in moved)
+        assert keys.unresolved == 0
 
     asyncio.run(scenario())
 
