@@ -345,13 +345,15 @@ class KeyCells:
     @classmethod
     def of(cls, hashes: U64) -> KeyCells:
         first = (hashes >> np.uint64(56)).astype(np.intp)
-        second = (hashes >> np.uint64(48) & np.uint64(0xFF)).astype(np.intp) + CELLS
-        cell, doubled = np.concatenate([first, second]), np.concatenate([hashes, hashes])
-        counts = np.bincount(cell, minlength=2 * CELLS).astype(np.uint64)
-        sums, squares = np.zeros(2 * CELLS, dtype=np.uint64), np.zeros(2 * CELLS, dtype=np.uint64)
-        np.add.at(sums, cell, doubled)
-        np.add.at(squares, cell, doubled * doubled)
-        return cls(counts, sums, squares)
+        second = (hashes >> np.uint64(48) & np.uint64(0xFF)).astype(np.intp)
+        squared = hashes * hashes
+        tables = []
+        for cell in (first, second):  # np.add.at wraps mod 2^64, as the SQL side reduces
+            sums, squares = np.zeros(CELLS, dtype=np.uint64), np.zeros(CELLS, dtype=np.uint64)
+            np.add.at(sums, cell, hashes)
+            np.add.at(squares, cell, squared)
+            tables.append((np.bincount(cell, minlength=CELLS).astype(np.uint64), sums, squares))
+        return cls(*(np.concatenate([one, two]) for one, two in zip(*tables, strict=True)))
 
     def __add__(self, other: KeyCells) -> KeyCells:
         return KeyCells(
