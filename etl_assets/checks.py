@@ -2,7 +2,9 @@
 
 * ``written_equals_enqueued`` (blocking): the ledger of the partition's latest load adds
   up (enqueued == written + dead-lettered, dead-letter rows == the ledger's count) AND
-  the target holds exactly the rows the ledger accounts for (plus replayed ones).
+  the target holds exactly the rows the ledger accounts for (plus replayed ones): as
+  many, and the same keys by the key digest (``postgres/key_digest.py``), which names
+  the missing and foreign keys when they differ.
 * ``no_duplicate_keys`` (blocking): no primary key occurs twice in the partition.
 * ``dead_letter_rate`` (warning): the share of dead-lettered records stays under a limit.
 
@@ -16,7 +18,7 @@ assets of that run do not run; across runs, downstream assets also wait on
 
 import datetime as dt
 import warnings
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +31,7 @@ from etl_assets.check_events import (
     partition_evaluation,
 )
 from etl_assets.io_manager import data_date
+from etl_assets.postgres.key_digest import verify_keys
 from etl_assets.postgres.ledger import Ledger
 from etl_assets.postgres.resource import PostgresResource
 from etl_assets.postgres.target import TableTarget
@@ -43,7 +46,7 @@ DESCRIPTION_LIMIT = 2_000
 @dataclass(frozen=True, slots=True)
 class _Finding:
     partition_key: str
-    numbers: dict[str, int | float]
+    numbers: Mapping[str, int | float | str]
     problems: Sequence[str] = field(default_factory=tuple)
 
 
@@ -62,8 +65,13 @@ def partition_checks(
         conn: asyncpg.Connection, ledger: Ledger, target: TableTarget, day: dt.date
     ) -> _Finding:
         audit = await audit_partition(conn, ledger, target, day)
-        numbers = {k: v for k, v in audit.metadata().items() if not isinstance(v, str)}
-        return _Finding(audit.partition_key, numbers, audit.problems)
+        numbers: dict[str, int | float | str] = {
+            k: v for k, v in audit.metadata().items() if not isinstance(v, str)
+        }
+        keys = await verify_keys(conn, ledger, target, day)  # count-preserving corruption
+        return _Finding(
+            audit.partition_key, {**numbers, **keys.metadata()}, (*audit.problems, *keys.problems)
+        )
 
     async def rate(
         conn: asyncpg.Connection, ledger: Ledger, target: TableTarget, day: dt.date
@@ -164,7 +172,9 @@ def _check(
 
 _DESCRIPTIONS = {
     "written_equals_enqueued": "Ledger and table agree for the partition: enqueued == written "
-    "+ dead-lettered, and the table holds exactly the rows written (plus replayed).",
+    "+ dead-lettered, and the table holds exactly the rows written (plus replayed): as many "
+    "and, by a digest of their primary keys, the same keys (metadata key_digest says whether "
+    "the keys were checked or, for loads without a digest, only the counts).",
     "no_duplicate_keys": "No primary key occurs twice in the partition.",
 }
 

@@ -74,6 +74,7 @@ class BatchLedgerRow:
     dead_lettered: int
     attempts: int
     digest: str
+    key_cells: list[int] | None = None  # etl_assets.postgres.key_digest; None: no digest
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,8 +117,8 @@ class Ledger(LedgerLayout):
     ) -> None:
         await conn.execute(
             f"INSERT INTO {self.ledger} (target, partition_key, load_id, batch_no, enqueued, "
-            f"written, dead_lettered, attempts, batch_digest) "
-            f"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            f"written, dead_lettered, attempts, batch_digest, key_cells) "
+            f"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             *key,
             row.batch_no,
             row.enqueued,
@@ -125,6 +126,7 @@ class Ledger(LedgerLayout):
             row.dead_lettered,
             row.attempts,
             row.digest,
+            row.key_cells,
         )
 
     async def record_dead_letters(
@@ -266,6 +268,18 @@ class Ledger(LedgerLayout):
             key.load_id,
         )
         return count
+
+    async def key_cells(self, conn: asyncpg.Connection, key: LoadKey) -> list[list[int] | None]:
+        """The key digests of the load's batches and of its replays' (None: no digest)."""
+        rows = await conn.fetch(
+            f"SELECT b.key_cells FROM {self.ledger} AS b "
+            f"JOIN {self.loads} AS l USING (target, partition_key, load_id) "
+            f"WHERE b.target = $1 AND b.partition_key = $2 "
+            f"AND (b.load_id = $3 OR (l.mode = $4 AND l.base_load_id = $3))",
+            *key,
+            REPLAY_MODE,
+        )
+        return [row["key_cells"] for row in rows]
 
     # --- the dead letters' life -------------------------------------------------------
 

@@ -123,6 +123,7 @@ class LedgerLayout:
                 attempts integer NOT NULL,
                 batch_digest text NOT NULL,
                 committed_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+                key_cells bigint[],
                 PRIMARY KEY (target, partition_key, load_id, batch_no),
                 CHECK (enqueued = written + dead_lettered)
             )""",
@@ -195,6 +196,8 @@ class LedgerLayout:
         return [
             f"ALTER TABLE {dl} {columns}",
             f"ALTER TABLE {loads} ADD COLUMN base_load_id text",
+            # The batch's key digest (etl_assets.postgres.key_digest); v1 batches have none.
+            f"ALTER TABLE {self.ledger} ADD COLUMN key_cells bigint[]",
             f"ALTER TABLE {loads} DROP CONSTRAINT IF EXISTS partition_loads_status_check",
             f"ALTER TABLE {loads} ADD CONSTRAINT partition_loads_status_check "
             f"{_check('status', LoadStatus)}",

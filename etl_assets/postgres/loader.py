@@ -29,6 +29,7 @@ from etl_assets.breaker import DEFAULT_CONFIDENCE, reject_share_exceeded
 from etl_assets.errors import CircuitBreakerOpenError, ConfigurationError, EtlError, FatalError
 from etl_assets.postgres.arrow_copy import ArrowRows, column_types
 from etl_assets.postgres.housekeeping import abandon_dead_loads, load_lock
+from etl_assets.postgres.key_digest import KeyDigester
 from etl_assets.postgres.ledger import DDL_LOCK, Ledger, LoadKey, LoadStatus, PartitionTotals
 from etl_assets.postgres.publish import StagedPublisher, TargetKind, audit, inspect_target
 from etl_assets.postgres.retry import RetryPolicy, with_retries
@@ -215,6 +216,7 @@ async def _locked_load(
         max_dead_letters_per_batch=_poison_limit(settings),
         log=log,
         partition_default=day,  # the staging table's DEFAULT: row tuples leave it out
+        keys=KeyDigester.for_target(target, types),
     )
     chunks, shaper = _chunks_and_shaper(records, target, day, model, types, settings)
     progress = _Progress()

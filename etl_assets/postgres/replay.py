@@ -35,7 +35,9 @@ import asyncpg
 import pydantic
 
 from etl_assets.errors import ConfigurationError, FatalError, LoadIntegrityError
+from etl_assets.postgres.arrow_copy import column_types
 from etl_assets.postgres.housekeeping import load_lock
+from etl_assets.postgres.key_digest import KeyDigester
 from etl_assets.postgres.ledger import REPLAY_MODE, Ledger, LoadKey, LoadStatus
 from etl_assets.postgres.loader import LoadSettings, mark_load_failed
 from etl_assets.postgres.retry import with_retries
@@ -93,6 +95,9 @@ async def replay_dead_letters(
     key = LoadKey(target.name, day.isoformat(), load_id)
     async with load_lock(pool, ledger, key, settings.retry):
         base = await _begin(pool, ledger, key, settings)
+        types = await with_retries(
+            pool, settings.retry, lambda conn: column_types(conn, target.schema, target.table)
+        )
         writer = BatchWriter(
             pool,
             target,
@@ -103,6 +108,7 @@ async def replay_dead_letters(
             log=log,
             letters=_ReplayedLetters(ledger, base, key.load_id),
             upsert=target.mode is WriteMode.UPSERT,
+            keys=KeyDigester.for_target(target, types),
         )
         shaper = RecordShaper(target.data_columns, target.partition_column, day, model)
         totals = [0, 0, 0, 0]  # replayed, written, failed again, batches

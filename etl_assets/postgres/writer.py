@@ -34,6 +34,7 @@ from etl_assets.errors import (
     classify,
 )
 from etl_assets.postgres.arrow_copy import ArrowRows, copy_arrow
+from etl_assets.postgres.key_digest import KeyCells, KeyDigester, refused_rows
 from etl_assets.postgres.ledger import BatchLedgerRow, Ledger, LoadKey
 from etl_assets.postgres.retry import DRIVER_ERRORS, RetryPolicy, call_with_retries, connection
 from etl_assets.postgres.sql import quote_ident, upsert_statement
@@ -162,6 +163,7 @@ class BatchWriter:
         letters: LetterSink | None = None,
         upsert: bool = False,
         partition_default: dt.date | None = None,
+        keys: KeyDigester | None = None,
     ) -> None:
         """``partition_default``: row tuples (not Arrow rows) come without the partition
         column, which ``destination`` fills with this day by a column ``DEFAULT``."""
@@ -178,6 +180,7 @@ class BatchWriter:
         self._partition_default = partition_default
         self._tuple_columns = self._columns[:-1] if partition_default else self._columns
         self._upsert = upsert
+        self._keys = keys
         if upsert:
             self._upsert_sql = upsert_statement(
                 target.sql_name,
@@ -194,11 +197,14 @@ class BatchWriter:
                 "%s batch %d: attempt %d after %s", self._key, batch.batch_no, attempt_no, error
             )
 
+        cells = self._keys.cells(batch.rows) if self._keys is not None else None
         return await call_with_retries(
-            self._retry, lambda attempt_no: self._attempt(batch, attempt_no), on_retry
+            self._retry, lambda attempt_no: self._attempt(batch, attempt_no, cells), on_retry
         )
 
-    async def _attempt(self, batch: PreparedBatch, attempt_no: int) -> BatchResult:
+    async def _attempt(
+        self, batch: PreparedBatch, attempt_no: int, cells: KeyCells | None
+    ) -> BatchResult:
         try:
             async with connection(self._pool) as conn, conn.transaction():
                 done = await self._ledger.committed_batch(conn, self._key, batch.batch_no)
@@ -225,6 +231,7 @@ class BatchWriter:
                         len(letters),
                         attempt_no,
                         batch.digest,
+                        self._written_cells(batch, cells, poison),
                     ),
                 )
         except asyncpg.UniqueViolationError as exc:
@@ -261,6 +268,15 @@ class BatchWriter:
                 f"stored {written} rows + {dead_lettered} dead-lettered != {batch.enqueued} "
                 "enqueued (a trigger on the table written to dropped rows); rolled back"
             )
+
+    def _written_cells(
+        self, batch: PreparedBatch, cells: KeyCells | None, poison: Sequence[DeadLetter]
+    ) -> list[int] | None:
+        """The key digest of the rows written: the batch's, minus the rows the server refused."""
+        if self._keys is None or cells is None:
+            return None
+        refused = refused_rows(batch.rows, batch.record_nos, poison)
+        return self._keys.without(cells, refused).to_db()
 
     def _committed_before(self, batch: PreparedBatch, done: asyncpg.Record) -> BatchResult:
         if done["batch_digest"] != batch.digest:

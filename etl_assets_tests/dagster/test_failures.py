@@ -42,10 +42,13 @@ def test_rows_lost_behind_the_io_managers_back_fail_the_check_and_block_downstre
     assert check.partition == day2
     assert check.metadata["written"].value == written
     assert check.metadata["in_table"].value == written - 5
-    assert check.description == (
+    assert check.description is not None
+    assert check.description.startswith(
         f"5 row(s) missing: the table holds {written - 5} rows for {day2}, "
-        f"the ledger accounts for {written}"
+        f"the ledger accounts for {written}; 5 key(s) the ledger accounts for are not in "
+        "the table: (<key with hash 0x"  # a (file, line) key cannot be recovered from its hash
     )
+    assert check.metadata["keys_missing"].value == 5
     assert result.asset_materializations_for_node("daily_metrics") == []
     metrics = asyncio.run(
         fetch(db_dsn, "SELECT count(*) FROM public.daily_metrics WHERE date = $1", DAYS[1])
@@ -149,3 +152,53 @@ def test_a_check_whose_commit_reply_is_lost_retries_and_passes(
     assert checks[("raw_logs", "written_equals_enqueued")] is True
     assert checks[("raw_logs", "dead_letter_rate")] is True
     assert all(checks.values()), checks
+
+
+SWAP_KEY_ON_PUBLISH = """
+CREATE FUNCTION public.swap_key_on_publish() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.status = 'published' AND NEW.target = 'public.logs' THEN
+        UPDATE public.logs SET line_no = line_no + 1000000
+        WHERE data_date = NEW.partition_key::date AND ctid = (
+            SELECT ctid FROM public.logs WHERE data_date = NEW.partition_key::date
+            ORDER BY source_file, line_no LIMIT 1);
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER swap_key_on_publish AFTER UPDATE ON etl.partition_loads
+    FOR EACH ROW EXECUTE FUNCTION public.swap_key_on_publish();
+"""
+
+
+def test_a_key_swapped_behind_the_io_managers_back_fails_the_check_naming_it(
+    db_dsn: str, resources: dict[str, Any], instance: dg.DagsterInstance, landing: Landing
+) -> None:
+    """Counts stay equal; the key digest fails the blocking check and names the foreign key."""
+    folder, _ = landing
+    day1, day2 = DAYS[0].isoformat(), DAYS[1].isoformat()
+    assert materialize(resources, instance, folder, day1).success
+    asyncio.run(execute(db_dsn, SWAP_KEY_ON_PUBLISH))
+
+    result = materialize(resources, instance, folder, day2, raise_on_error=False)
+
+    assert not result.success
+    [check] = [
+        e for e in result.get_asset_check_evaluations()
+        if e.asset_key == dg.AssetKey("raw_logs") and e.check_name == "written_equals_enqueued"
+    ]  # fmt: skip
+    [(source_file, line_no)] = asyncio.run(
+        fetch(db_dsn, "SELECT source_file, line_no FROM public.logs WHERE line_no > 1000000")
+    )
+    assert not check.passed
+    assert check.metadata["in_table"].value == check.metadata["written"].value
+    assert check.metadata["key_digest"].value == "checked"
+    assert (check.metadata["keys_missing"].value, check.metadata["keys_foreign"].value) == (1, 1)
+    assert check.description is not None
+    assert check.description.startswith(
+        "1 key(s) the ledger accounts for are not in the table: (<key with hash 0x"
+    )
+    assert check.description.endswith(
+        "1 key(s) in the table were never written by a load: "
+        f"(source_file={source_file!r}, line_no={line_no})"
+    )
+    assert result.asset_materializations_for_node("daily_metrics") == []

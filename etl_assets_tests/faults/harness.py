@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+
+from etl_assets.postgres.key_digest import KeyAudit, verify_keys
 from etl_assets.postgres.ledger import Ledger
 from etl_assets.postgres.resource import APPLICATION_NAME
 from etl_assets.postgres.target import TableTarget
@@ -152,7 +155,18 @@ async def verdict(
     assert set(ids) == set(range(source.n)) - dead
     problems = (await partition_audit(dsn, target, ledger_schema=target.schema)).problems
     assert problems == (), problems
+    keys = await key_audit(dsn, target)  # retried, resumed, isolated batches digest right too
+    assert (keys.status, keys.problems) == ("checked", ()), keys
     return len(lost), duplicated, len(dead)
+
+
+async def key_audit(dsn: str, target: TableTarget) -> KeyAudit:
+    """The key digest's verdict on the partition (the key half of the blocking check)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await verify_keys(conn, Ledger(target.schema), target, DAY)
+    finally:
+        await conn.close()
 
 
 def record(

@@ -1,0 +1,692 @@
+"""An order-independent digest of a partition's keys: count-preserving corruption is caught.
+
+Counts cannot tell a partition that lost key 17 and gained a foreign key 900001 from a
+correct one. So every batch also records a digest of the keys it wrote, in the same
+transaction as its rows and ledger row, and the blocking check recomputes the digest
+from the table and compares.
+
+The digest (all arithmetic mod 2^64, identical in numpy, Python and SQL; the SQL side
+builds it from bigint operations that cannot overflow):
+
+* a key value becomes 64-bit words without any text form that depends on the session:
+  integers as themselves, dates as days since 1970-01-01, a uuid as its two 64-bit
+  halves, text as the first 8 bytes of the MD5 of its UTF-8 bytes (MD5 is the fast
+  hash both sides have built in; it runs once per distinct value in a batch);
+* a key's hash folds its words through the splitmix64 finaliser,
+  ``h = mix(h + word)`` from ``h = 0``; the finaliser is a bijection, so for a key of
+  one integer (or date) column the key can be recovered from its hash;
+* the partition column is left out (constant within a partition);
+* each key is added to one cell in each of two tables of 256 cells (by the hash's top
+  byte, and by its next byte); a cell keeps the count, the sum of the hashes and the
+  sum of their squares. Sums are order-independent and, unlike XOR, see a duplicate.
+
+Naming the keys: a cell that differs by exactly one key (count differs by one and the
+square-sum difference is the square of the sum difference: a false "pure" verdict has a
+chance of about 2^-60) holds the hash of that key; the key is then taken out of its
+other cell too, which may leave that one pure (peeling, as in an invertible Bloom lookup
+table; it names every difference with high probability up to some 100-200 of them). A
+foreign key is looked up in the table by its hash. A missing key is no longer anywhere
+the check can read: it is named when the key is a single integer or date column (the
+hash is inverted), otherwise reported by its hash. What peeling cannot separate is
+reported as cells that still differ, unnamed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import hashlib
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import numpy as np
+import numpy.typing as npt
+
+from etl_assets.postgres.arrow_copy import ArrowRows, column_types
+from etl_assets.postgres.ledger import Ledger, LoadKey
+from etl_assets.postgres.sql import quote_ident
+from etl_assets.postgres.target import TableTarget, WriteMode
+
+__all__ = [
+    "CELLS",
+    "KeyCells",
+    "KeyDigester",
+    "KeyAudit",
+    "KeyKind",
+    "KeySpec",
+    "audit_keys",
+    "mix",
+    "unmix",
+    "verify_keys",
+]
+
+U64 = npt.NDArray[np.uint64]
+Row = tuple[Any, ...]
+
+CELLS = 256
+_MASK = (1 << 64) - 1
+_C1, _C2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+_S1, _S2, _S3 = 30, 27, 31
+_EPOCH = dt.date(1970, 1, 1).toordinal()
+# A value no column of that kind can hold (None, a str in an integer column): the server
+# refuses the row, which then leaves the digest again as a dead letter. Any constant works
+# as long as the batch and the per-row functions agree.
+_ODD_VALUE = 0x6F64645F76616C75
+
+
+class KeyKind(enum.Enum):
+    """How a key column becomes a 64-bit word."""
+
+    INT = "int"
+    DATE = "date"
+    TEXT = "text"
+    UUID = "uuid"
+
+
+_KINDS = {  # format_type spellings (what the catalog says), and the usual aliases
+    "bigint": KeyKind.INT,
+    "int8": KeyKind.INT,
+    "int4": KeyKind.INT,
+    "int2": KeyKind.INT,
+    "varchar": KeyKind.TEXT,
+    "integer": KeyKind.INT,
+    "smallint": KeyKind.INT,
+    "date": KeyKind.DATE,
+    "text": KeyKind.TEXT,
+    "character varying": KeyKind.TEXT,
+    "uuid": KeyKind.UUID,
+}
+_INT_RANGE = {"bigint": 63, "int8": 63, "integer": 31, "int4": 31, "smallint": 15, "int2": 15}
+
+
+# --- the hash ------------------------------------------------------------------------
+
+
+def mix(x: U64) -> U64:
+    """splitmix64's finaliser on a uint64 array (wraps mod 2^64, as the SQL does)."""
+    x = x ^ (x >> np.uint64(_S1))
+    x = x * np.uint64(_C1)
+    x = x ^ (x >> np.uint64(_S2))
+    x = x * np.uint64(_C2)
+    return x ^ (x >> np.uint64(_S3))
+
+
+def mix_int(x: int) -> int:
+    """:func:`mix` of one value (Python int in [0, 2^64))."""
+    x ^= x >> _S1
+    x = (x * _C1) & _MASK
+    x ^= x >> _S2
+    x = (x * _C2) & _MASK
+    return x ^ (x >> _S3)
+
+
+def unmix(h: int) -> int:
+    """The inverse of :func:`mix_int`: each step (xorshift, odd multiply) is a bijection."""
+    h = _unshift(h, _S3)
+    h = (h * pow(_C2, -1, 1 << 64)) & _MASK
+    h = _unshift(h, _S2)
+    h = (h * pow(_C1, -1, 1 << 64)) & _MASK
+    return _unshift(h, _S1)
+
+
+def _unshift(y: int, s: int) -> int:
+    x = y
+    for _ in range(64 // s + 1):
+        x = y ^ (x >> s)
+    return x
+
+
+def _text_word(value: str) -> int:
+    try:
+        data = value.encode()
+    except UnicodeEncodeError:  # lone surrogates: asyncpg cannot send it, the row is refused
+        return _ODD_VALUE
+    return int.from_bytes(hashlib.md5(data).digest()[:8], "big")
+
+
+def _words(kind: KeyKind, value: Any) -> tuple[int, ...]:
+    """One key value as 64-bit words: the reference the vectorised paths must match.
+
+    A uuid is two words (its 128 bits); every other kind is one.
+    """
+    if kind is KeyKind.UUID:
+        try:
+            bits = value.int if isinstance(value, uuid.UUID) else uuid.UUID(str(value)).int
+        except ValueError:  # not a uuid: the server refuses it too
+            return _ODD_VALUE, _ODD_VALUE
+        return bits >> 64, bits & _MASK
+    if kind is KeyKind.INT and isinstance(value, int | np.integer):
+        return (int(value) & _MASK,)
+    if kind is KeyKind.DATE and isinstance(value, dt.date):
+        return ((value.toordinal() - _EPOCH) & _MASK,)
+    if kind is KeyKind.TEXT and isinstance(value, str):
+        return (_text_word(value),)
+    return (_ODD_VALUE,)
+
+
+# --- which columns ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class KeySpec:
+    """The key columns a digest covers (the primary key minus the partition column)."""
+
+    columns: tuple[str, ...]
+    positions: tuple[int, ...]  # in the target's row tuples
+    kinds: tuple[KeyKind, ...]
+    int_bits: tuple[int, ...]  # value bits of integer columns (63, 31, 15), 0 otherwise
+
+    @classmethod
+    def for_target(cls, target: TableTarget, types: Mapping[str, str]) -> KeySpec | str:
+        """The spec from the table's real column types, or why there is no digest."""
+        columns = tuple(c for c in target.primary_key if c != target.partition_column)
+        if not columns:
+            return f"{target.name} has no primary key besides the partition column"
+        kinds, bits = [], []
+        for column in columns:
+            base = re.sub(r"\(.*?\)", "", types.get(column, "")).strip()
+            if base not in _KINDS:
+                return (
+                    f"key column {column!r} has type {types.get(column, 'unknown')!r}, "
+                    "which the key digest cannot hash identically in Python and SQL"
+                )
+            kinds.append(_KINDS[base])
+            bits.append(_INT_RANGE.get(base, 0))
+        positions = tuple(target.row_columns.index(c) for c in columns)
+        return cls(columns, positions, tuple(kinds), tuple(bits))
+
+    def row_hash(self, row: Row) -> int:
+        """The hash of one row's key (the reference; used for the few dead-lettered rows)."""
+        h = 0
+        for position, kind in zip(self.positions, self.kinds, strict=True):
+            for word in _words(kind, row[position]):
+                h = mix_int((h + word) & _MASK)
+        return h
+
+    def hashes(self, rows: Sequence[Row]) -> U64:
+        """Hashes of every row's key, vectorised over columns."""
+        h = np.zeros(len(rows), dtype=np.uint64)
+        for position, kind in zip(self.positions, self.kinds, strict=True):
+            for words in _column_words(rows, position, kind):
+                h = mix(h + words)
+        return h
+
+    def name(self, values: Sequence[Any]) -> str:
+        return ", ".join(f"{c}={v!r}" for c, v in zip(self.columns, values, strict=True))
+
+    def invert(self, h: int) -> str | None:
+        """The key whose hash is ``h``, if one integer or date column makes the key."""
+        if len(self.kinds) != 1 or self.kinds[0] not in (KeyKind.INT, KeyKind.DATE):
+            return None
+        word = unmix(h)
+        value = word - (1 << 64) if word >> 63 else word
+        if self.kinds[0] is KeyKind.DATE:
+            try:
+                return self.name([dt.date.fromordinal(value + _EPOCH)])
+            except (ValueError, OverflowError):  # outside the date range: not a real key
+                return None
+        if not -(1 << self.int_bits[0]) <= value < 1 << self.int_bits[0]:
+            return None
+        return self.name([value])
+
+
+def _column_words(rows: Sequence[Row], position: int, kind: KeyKind) -> list[U64]:
+    """The column's words, one array per word of the kind (a uuid has two)."""
+    if isinstance(rows, ArrowRows):
+        return _arrow_words(rows, position, kind)
+    values = [row[position] for row in rows]
+    fast = _fast_words(values, kind)
+    if fast is not None:
+        return fast
+    width = 2 if kind is KeyKind.UUID else 1
+    flat = np.fromiter(
+        (w for v in values for w in _words(kind, v)), dtype=np.uint64, count=width * len(values)
+    )
+    return [flat[i::width] for i in range(width)]
+
+
+def _fast_words(values: list[Any], kind: KeyKind) -> list[U64] | None:
+    """Vectorised words of well-typed values; None sends the column to the reference."""
+    if kind is KeyKind.INT:
+        try:
+            array = np.array(values) if values else np.zeros(0, dtype=np.int64)
+        except (ValueError, TypeError, OverflowError):  # ragged lists and the like: refused
+            return None
+        if array.ndim != 1:  # a list or tuple in the column (refused by the server)
+            return None
+        if array.dtype.kind in "ib" or (array.dtype.kind == "u" and array.dtype.itemsize < 8):
+            return [array.astype(np.int64).view(np.uint64)]
+        return None
+    if kind is KeyKind.TEXT:
+        return [_distinct_text_words(values)]
+    try:
+        if kind is KeyKind.DATE:
+            days = np.fromiter((v.toordinal() for v in values), dtype=np.int64, count=len(values))
+            return [(days - _EPOCH).view(np.uint64)]
+        pairs = np.frombuffer(b"".join(v.bytes for v in values), dtype=">u8").astype(np.uint64)
+    except (AttributeError, TypeError):  # None, a str in a uuid or date column: row by row
+        return None
+    return [pairs[0::2], pairs[1::2]]
+
+
+def _distinct_text_words(values: list[Any]) -> U64:
+    """Through Arrow: its dictionary encoding finds the distinct values in C."""
+    import pyarrow as pa
+
+    try:
+        column = pa.array(values, type=pa.string())
+    except (pa.ArrowException, UnicodeEncodeError):  # not all str: row by row
+        column = None
+    if column is None or column.null_count:
+        return np.fromiter((_words(KeyKind.TEXT, v)[0] for v in values), dtype=np.uint64)
+    return _text_column_words(column)
+
+
+def _text_column_words(column: Any) -> U64:
+    """MD5 once per distinct value: text key parts repeat (a file name, a module)."""
+    import pyarrow.compute as pc
+
+    encoded = pc.dictionary_encode(column)
+    distinct = encoded.dictionary.to_pylist()
+    digests = b"".join([hashlib.md5(v.encode()).digest() for v in distinct])
+    table = np.frombuffer(digests, dtype=">u8")[::2].astype(np.uint64)
+    words: U64 = table[encoded.indices.to_numpy()]
+    return words
+
+
+def _arrow_words(rows: ArrowRows, position: int, kind: KeyKind) -> list[U64]:
+    import pyarrow as pa
+
+    column = rows.batch.column(position)
+    if column.null_count or not (
+        (kind is KeyKind.INT and pa.types.is_integer(column.type))
+        or (kind is KeyKind.DATE and pa.types.is_date32(column.type))
+        or (kind is KeyKind.TEXT and pa.types.is_string(column.type))
+    ):  # nulls (refused by the server) or a type this path does not see: row by row
+        return _column_words([(v,) for v in column.to_pylist()], 0, kind)
+    if kind is KeyKind.TEXT:
+        return [_text_column_words(column)]
+    if kind is KeyKind.DATE:
+        column = column.cast(pa.int32())
+    return [column.to_numpy().astype(np.int64).view(np.uint64)]
+
+
+# --- cells -----------------------------------------------------------------------------
+
+
+def homes(h: int) -> tuple[int, int]:
+    """The key's cell in each of the two tables: the hash's top byte, and its next byte."""
+    return h >> 56, CELLS + (h >> 48 & 0xFF)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyCells:
+    """Two tables of 256 cells; a key is counted in one cell of each (its :func:`homes`).
+
+    Per cell, mod 2^64: the count, the sum of hashes and the sum of their squares. Two
+    tables instead of one let the check peel differences (an invertible Bloom lookup
+    table): a key named from a cell where it differs alone is taken out of its other
+    cell, which may then hold one difference only.
+    """
+
+    counts: U64
+    sums: U64
+    squares: U64
+
+    @classmethod
+    def empty(cls) -> KeyCells:
+        return cls(*(np.zeros(2 * CELLS, dtype=np.uint64) for _ in range(3)))
+
+    @classmethod
+    def of(cls, hashes: U64) -> KeyCells:
+        first = (hashes >> np.uint64(56)).astype(np.intp)
+        second = (hashes >> np.uint64(48) & np.uint64(0xFF)).astype(np.intp)
+        squared = hashes * hashes
+        tables = []
+        for cell in (first, second):  # np.add.at wraps mod 2^64, as the SQL side reduces
+            sums, squares = np.zeros(CELLS, dtype=np.uint64), np.zeros(CELLS, dtype=np.uint64)
+            np.add.at(sums, cell, hashes)
+            np.add.at(squares, cell, squared)
+            tables.append((np.bincount(cell, minlength=CELLS).astype(np.uint64), sums, squares))
+        return cls(*(np.concatenate([one, two]) for one, two in zip(*tables, strict=True)))
+
+    def __add__(self, other: KeyCells) -> KeyCells:
+        return KeyCells(
+            self.counts + other.counts, self.sums + other.sums, self.squares + other.squares
+        )
+
+    def __sub__(self, other: KeyCells) -> KeyCells:
+        return KeyCells(
+            self.counts - other.counts, self.sums - other.sums, self.squares - other.squares
+        )
+
+    def to_db(self) -> list[int]:
+        """``bigint[]`` of 3 * 512 words (counts, sums, squares), two's complement."""
+        words = np.concatenate([self.counts, self.sums, self.squares])
+        return [int(w) for w in words.view(np.int64)]
+
+    @classmethod
+    def from_db(cls, words: Sequence[int]) -> KeyCells:
+        array = np.array(words, dtype=np.int64).view(np.uint64)
+        n = 2 * CELLS
+        if len(array) != 3 * n:
+            raise ValueError(f"a key digest has {3 * n} words, not {len(array)}")
+        return cls(array[:n], array[n : 2 * n], array[2 * n :])
+
+    @property
+    def keys(self) -> int:
+        return int(self.counts[:CELLS].sum())  # each key is in both tables: count one
+
+
+class KeyDigester:
+    """What the writer needs: the cells of a batch's rows, minus rows Postgres refused."""
+
+    __slots__ = ("spec",)
+
+    def __init__(self, spec: KeySpec) -> None:
+        self.spec = spec
+
+    @classmethod
+    def for_target(cls, target: TableTarget, types: Mapping[str, str]) -> KeyDigester | None:
+        spec = KeySpec.for_target(target, types)
+        return cls(spec) if isinstance(spec, KeySpec) else None
+
+    def cells(self, rows: Sequence[Row]) -> KeyCells:
+        return KeyCells.of(self.spec.hashes(rows)) if len(rows) else KeyCells.empty()
+
+    def without(self, cells: KeyCells, refused: Sequence[Row]) -> KeyCells:
+        """``cells`` minus the rows the server refused (dead letters: few, row by row)."""
+        if not refused:
+            return cells
+        hashes = np.array([self.spec.row_hash(row) for row in refused], dtype=np.uint64)
+        return cells - KeyCells.of(hashes)
+
+
+def refused_rows(
+    rows: Sequence[Row], record_nos: Sequence[int], letters: Sequence[Any]
+) -> list[Row]:
+    """The rows of ``letters`` (dead letters the server refused), found by record number."""
+    if not letters:
+        return []
+    index = {no: i for i, no in enumerate(record_nos)}
+    return [rows[index[letter.record_no]] for letter in letters]
+
+
+# --- the same hash in SQL ----------------------------------------------------------------
+
+_TWO64 = 1 << 64
+_M32 = (1 << 32) - 1
+
+
+def _mul(z: str, constant: int) -> str:
+    """``z * constant mod 2^64`` in bigint arithmetic that never overflows.
+
+    Postgres raises on a bigint overflow, so the product is built from 32-bit halves
+    and 16-bit pieces of the constant: every partial product stays below 2^50, and only
+    the final ``<<`` (which Postgres does not check) reaches the sign bit. About twice as
+    fast as the same product in numeric.
+    """
+    c0, c1, c2, c3 = (constant >> shift & 0xFFFF for shift in (0, 16, 32, 48))
+    lo, hi = f"({z} & {_M32})", f"(({z} >> 32) & {_M32})"
+    p0, p1 = f"({lo} * {c0})", f"({lo} * {c1})"
+    low = f"(({p0} & {_M32}) + (({p1} & 65535) << 16))"
+    high = (
+        f"((({p0} >> 32) + ({p1} >> 16) + ({low} >> 32) + {hi} * {c0} "
+        f"+ ((({hi} * {c1}) & 65535) << 16) + {lo} * {c2} + ((({lo} * {c3}) & 65535) << 16)) "
+        f"& {_M32})"
+    )
+    return f"(({high} << 32) | ({low} & {_M32}))"
+
+
+def _add(a: str, b: str) -> str:
+    """``a + b mod 2^64`` in bigint, by 32-bit halves (no overflow)."""
+    low = f"(({a} & {_M32}) + ({b} & {_M32}))"
+    high = f"((({a} >> 32) & {_M32}) + (({b} >> 32) & {_M32}) + ({low} >> 32))"
+    return f"((({high} & {_M32}) << 32) | ({low} & {_M32}))"
+
+
+def _xorshift(z: str, shift: int) -> str:
+    """``z ^ (z >>> shift)``: bigint's ``>>`` is arithmetic, so mask the sign copies off."""
+    return f"({z} # (({z} >> {shift}) & {(1 << (64 - shift)) - 1}))"
+
+
+def _sql_words(kind: KeyKind, column: str) -> list[str]:
+    """The words of :func:`_words`, from the stored value (no session-dependent text form)."""
+    if kind is KeyKind.INT:
+        return [f"{column}::bigint"]
+    if kind is KeyKind.DATE:
+        return [f"({column} - DATE '1970-01-01')::bigint"]
+    if kind is KeyKind.UUID:  # uuid::text is canonical: 8-4-4-4-12 lower-case hex
+        hexed = f"replace({column}::text, '-', '')"
+        return [f"('x' || {part}({hexed}, 16))::bit(64)::bigint" for part in ("left", "right")]
+    return [f"('x' || left(md5(convert_to({column}, 'UTF8')), 16))::bit(64)::bigint"]
+
+
+def hash_query(spec: KeySpec, target: TableTarget) -> str:
+    """``SELECT h, k0, k1, ...`` over the partition ``$1``: the key hash of every row.
+
+    Each step is a subquery fenced by ``OFFSET 0``: a step uses its input twice
+    (``z # (z >> s)``), and without the fence the planner would inline the steps and
+    evaluate the innermost expression 2^steps times.
+    """
+    keys = [f"k{i}" for i in range(len(spec.columns))]
+    word_sql = [
+        w for col, kind in zip(spec.columns, spec.kinds, strict=True)
+        for w in _sql_words(kind, quote_ident(col))
+    ]  # fmt: skip
+    words = [f"w{i}" for i in range(len(word_sql))]
+    carried = ", ".join([*words, *keys])
+    sql = (
+        "SELECT "
+        + ", ".join([*(f"{w} AS w{i}" for i, w in enumerate(word_sql))])
+        + ", "
+        + ", ".join(f"{quote_ident(col)} AS k{i}" for i, col in enumerate(spec.columns))
+        + f" FROM {target.sql_name} WHERE {quote_ident(target.partition_column)} = $1"
+    )
+    for i, word in enumerate(words):
+        steps = [
+            word if i == 0 else _add("z", word),
+            _xorshift("z", _S1),
+            _mul("z", _C1),
+            _xorshift("z", _S2),
+            _mul("z", _C2),
+            _xorshift("z", _S3),
+        ]
+        for step in steps:
+            sql = f"SELECT {step} AS z, {carried} FROM ({sql} OFFSET 0) AS q"
+    return f"SELECT z AS h, {', '.join(keys)} FROM ({sql} OFFSET 0) AS hashed"
+
+
+def cells_query(spec: KeySpec, target: TableTarget) -> str:
+    """Per cell of both tables: count, exact sums of the hashes and of their squares.
+
+    The signed hash is congruent to the unsigned one mod 2^64, and so is its square; the
+    sums are reduced mod 2^64 in Python. One scan: GROUPING SETS gives both tables.
+    """
+    return (
+        "SELECT c1, c2, count(*) AS n, sum(h) AS s, sum(h::numeric * h) AS q "
+        f"FROM (SELECT h, (h >> 56) & 255 AS c1, {CELLS} + ((h >> 48) & 255) AS c2 "
+        f"FROM ({hash_query(spec, target)}) AS hq) AS x GROUP BY GROUPING SETS ((c1), (c2))"
+    )
+
+
+async def table_cells(
+    conn: asyncpg.Connection, spec: KeySpec, target: TableTarget, day: dt.date
+) -> KeyCells:
+    """The cells of the keys the partition holds, computed by the server."""
+    cells = KeyCells.empty()
+    for row in await conn.fetch(cells_query(spec, target), day):
+        cell = row["c1"] if row["c1"] is not None else row["c2"]
+        cells.counts[cell] = row["n"]
+        cells.sums[cell] = int(row["s"]) % _TWO64
+        cells.squares[cell] = int(row["q"]) % _TWO64
+    return cells
+
+
+# --- the check ---------------------------------------------------------------------------
+
+NAMED_LIMIT = 20
+
+
+@dataclass(frozen=True, slots=True)
+class KeyAudit:
+    """The partition's keys against the ledger's digest, and what differs."""
+
+    status: str  # "checked", or why only counts were checked
+    keys_in_table: int = 0
+    keys_in_ledger: int = 0
+    missing: tuple[str, ...] = ()  # named (or, when not invertible, by hash)
+    foreign: tuple[str, ...] = ()
+    unresolved: int = 0  # cells that differ by more than one key
+    problems: tuple[str, ...] = ()
+
+    def metadata(self) -> dict[str, int | str]:
+        return {
+            "key_digest": self.status,
+            "keys_missing": len(self.missing),
+            "keys_foreign": len(self.foreign),
+            "key_cells_unresolved": self.unresolved,
+        }
+
+
+async def verify_keys(
+    conn: asyncpg.Connection, ledger: Ledger, target: TableTarget, day: dt.date
+) -> KeyAudit:
+    """The key audit of the partition's latest finished load, in one snapshot.
+
+    Found nothing to compare (no table, no finished load)? Then the count audit of
+    ``written_equals_enqueued`` already fails the partition; this adds no second problem.
+    """
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        for table in (target.sql_name, ledger.loads):
+            if await conn.fetchval("SELECT to_regclass($1) IS NULL", table):
+                return KeyAudit(f"not checked: {table} does not exist")
+        load = await ledger.current_load(conn, target.name, day.isoformat())
+        if load is None:
+            return KeyAudit("not checked: the partition has no finished load")
+        return await audit_keys(conn, ledger, target, day, load)
+
+
+async def audit_keys(
+    conn: asyncpg.Connection,
+    ledger: Ledger,
+    target: TableTarget,
+    day: dt.date,
+    load: Mapping[str, Any],
+) -> KeyAudit:
+    """Compare the digest of the partition's keys with the ledger's (load + later replays).
+
+    Replays write rows into the partition with ledger rows of their own: their cells are
+    added exactly where ``verify.audit_partition`` adds their ``written`` (``replayed_in``).
+    Run it inside a snapshot (REPEATABLE READ) so table and ledger agree in time.
+    """
+    types = await column_types(conn, target.schema, target.table)
+    spec = KeySpec.for_target(target, types)
+    if isinstance(spec, str):
+        return KeyAudit(f"counts only: {spec}")
+    stored = await ledger.key_cells(conn, LoadKey(target.name, day.isoformat(), load["load_id"]))
+    digests = [cells for cells in stored if cells is not None]
+    if len(digests) < len(stored):
+        return KeyAudit(
+            f"counts only: {len(stored) - len(digests)} of {len(stored)} batch(es) have no "
+            "key digest (written before key digests existed)"
+        )
+    expected = KeyCells.empty()
+    for cells in digests:
+        expected = expected + KeyCells.from_db(cells)
+    actual = await table_cells(conn, spec, target, day)
+    return await _compare(conn, spec, target, day, expected, actual)
+
+
+async def _compare(
+    conn: asyncpg.Connection,
+    spec: KeySpec,
+    target: TableTarget,
+    day: dt.date,
+    expected: KeyCells,
+    actual: KeyCells,
+) -> KeyAudit:
+    counts = (actual.keys, expected.keys)
+    if target.mode is WriteMode.UPSERT and actual.keys != expected.keys:
+        # An upsert partition may keep keys of earlier loads: the sums cannot tell them apart.
+        return KeyAudit(
+            f"counts only: the upsert partition holds {actual.keys} keys, this load and its "
+            f"replays wrote {expected.keys} (keys of earlier loads stay)",
+            *counts,
+        )
+    diff = actual - expected
+    if not np.any((diff.counts | diff.sums | diff.squares) != 0):
+        return KeyAudit("checked", *counts)
+    foreign_hashes, missing_hashes, unresolved = _peel(diff)
+    foreign = await _lookup(conn, spec, target, day, foreign_hashes)
+    missing = tuple(spec.invert(h) or f"<key with hash {h:#018x}>" for h in missing_hashes)
+    problems = []
+    if missing:
+        problems.append(
+            f"{len(missing)} key(s) the ledger accounts for are not in the table: "
+            + _listing(missing)
+        )
+    if foreign:
+        problems.append(
+            f"{len(foreign)} key(s) in the table were never written by a load: " + _listing(foreign)
+        )
+    if unresolved:
+        problems.append(
+            f"{unresolved} digest cell(s) still differ by more than one key after naming the "
+            "others: those keys cannot be named (a mass change; compare with the source)"
+        )
+    return KeyAudit("checked", *counts, missing, foreign, unresolved, tuple(problems))
+
+
+def _peel(diff: KeyCells) -> tuple[list[int], list[int], int]:
+    """Hashes of the differing keys: (foreign, missing, first-table cells left unresolved).
+
+    A cell whose difference is one key (count +-1, and the square-sum difference is the
+    square of the sum difference) gives that key's hash; it is then taken out of both of
+    its cells, which may leave another cell with a single difference. Stops when no cell
+    is pure: what remains differs by several keys per cell.
+    """
+    counts = [int(c) for c in diff.counts.view(np.int64)]
+    sums, squares = [int(v) for v in diff.sums], [int(v) for v in diff.squares]
+    found: dict[int, list[int]] = {1: [], -1: []}
+    progress = True
+    while progress:
+        progress = False
+        for cell in range(2 * CELLS):
+            sign = counts[cell]
+            if sign not in (1, -1):
+                continue
+            h = sums[cell] * sign & _MASK
+            if (h * h) & _MASK != squares[cell] * sign & _MASK or cell not in homes(h):
+                continue
+            found[sign].append(h)
+            for home in homes(h):
+                counts[home] -= sign
+                sums[home] = (sums[home] - sign * h) & _MASK
+                squares[home] = (squares[home] - sign * h * h) & _MASK
+            progress = True
+    unresolved = sum(1 for c in range(CELLS) if counts[c] or sums[c] or squares[c])
+    return found[1], found[-1], unresolved
+
+
+async def _lookup(
+    conn: asyncpg.Connection, spec: KeySpec, target: TableTarget, day: dt.date, hashes: list[int]
+) -> tuple[str, ...]:
+    """The table's keys with these hashes (a foreign key is in the table: find it)."""
+    if not hashes:
+        return ()
+    signed = [h - _TWO64 if h >> 63 else h for h in hashes]
+    rows = await conn.fetch(
+        f"SELECT * FROM ({hash_query(spec, target)}) AS k WHERE h = ANY($2::bigint[])", day, signed
+    )
+    found = {row["h"] & _MASK: spec.name(list(row)[1:]) for row in rows}
+    return tuple(found.get(h, f"<key with hash {h:#018x}>") for h in hashes)
+
+
+def _listing(names: Sequence[str]) -> str:
+    shown = ", ".join(f"({n})" for n in names[:NAMED_LIMIT])
+    return shown + (f" and {len(names) - NAMED_LIMIT} more" if len(names) > NAMED_LIMIT else "")
