@@ -134,7 +134,7 @@ async def executemany(dsn: str, n: int) -> dict[str, Any]:
 
 
 async def _etl(
-    dsn: str, n: int, *, model: type[pydantic.BaseModel] | None, plain: bool
+    dsn: str, n: int, *, model: type[pydantic.BaseModel] | None, plain: bool, digest: bool = True
 ) -> dict[str, Any]:
     from etl_assets.postgres.loader import LoadSettings, load_partition
     from etl_assets.postgres.resource import PostgresResource
@@ -155,6 +155,7 @@ async def _etl(
                 writers=int(os.environ.get("BENCH_WRITERS", defaults.writers)),
                 batch_size=int(os.environ.get("BENCH_BATCH_SIZE", defaults.batch_size)),
                 queue_depth=int(os.environ.get("BENCH_QUEUE_DEPTH", defaults.queue_depth)),
+                key_digest=digest,
             ),
             log=quiet,
         )  # fmt: skip
@@ -165,6 +166,11 @@ async def _etl(
 async def etl_resilient(dsn: str, n: int) -> dict[str, Any]:
     """etl_assets, replace mode into a RANGE-partitioned table: ledger, retries, audit, swap."""
     return await _etl(dsn, n, model=None, plain=False)
+
+
+async def etl_resilient_no_digest(dsn: str, n: int) -> dict[str, Any]:
+    """etl_resilient with ``LoadSettings(key_digest=False)``: what the key digest costs."""
+    return await _etl(dsn, n, model=None, plain=False, digest=False)
 
 
 async def etl_validated(dsn: str, n: int) -> dict[str, Any]:
@@ -371,6 +377,7 @@ PATHS: dict[str, Callable[[str, int], Any]] = {
     "source_only": source_only,
     "raw_copy": raw_copy,
     "etl_resilient": etl_resilient,
+    "etl_resilient_no_digest": etl_resilient_no_digest,
     "etl_validated": etl_validated,
     "etl_plain_table": etl_plain_table,
     "executemany": executemany,

@@ -593,7 +593,7 @@ async def audit_keys(
     if len(digests) < len(stored):
         return KeyAudit(
             f"counts only: {len(stored) - len(digests)} of {len(stored)} batch(es) have no "
-            "key digest (written before key digests existed)"
+            "key digest (written before key digests existed, or with key_digest=False)"
         )
     expected = KeyCells.empty()
     for cells in digests:

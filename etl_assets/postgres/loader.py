@@ -74,6 +74,7 @@ class LoadSettings:
     max_dead_letter_ratio: float = 0.05  # bound on the true reject share: etl_assets.breaker
     breaker_confidence: float = DEFAULT_CONFIDENCE
     min_sample: int = 1_000  # floor of the per-batch budget of rows Postgres may reject
+    key_digest: bool = True  # per-batch digest of the primary keys: etl_assets.postgres.key_digest
     ledger_schema: str = "etl"
 
     def __post_init__(self) -> None:
@@ -216,7 +217,7 @@ async def _locked_load(
         max_dead_letters_per_batch=_poison_limit(settings),
         log=log,
         partition_default=day,  # the staging table's DEFAULT: row tuples leave it out
-        keys=KeyDigester.for_target(target, types),
+        keys=KeyDigester.for_target(target, types) if settings.key_digest else None,
     )
     chunks, shaper = _chunks_and_shaper(records, target, day, model, types, settings)
     progress = _Progress()

@@ -303,7 +303,8 @@ def test_a_load_without_digests_is_checked_by_counts_only_and_says_so(
         keys = await _verify(pg_dsn, target)
         assert keys.problems == ()
         assert keys.status == (
-            "counts only: 1 of 3 batch(es) have no key digest (written before key digests existed)"
+            "counts only: 1 of 3 batch(es) have no key digest "
+            "(written before key digests existed, or with key_digest=False)"
         )
 
     asyncio.run(scenario())
@@ -479,5 +480,23 @@ def test_many_swaps_are_reported_as_unresolved_cells_never_passed(pg_dsn: str, s
         assert named + 2 * keys.unresolved <= 1_200
         rows = await fetch(pg_dsn, f"SELECT count(*) FROM {target.sql_name}")
         assert rows[0][0] == 5_000
+
+    asyncio.run(scenario())
+
+
+def test_a_load_with_the_digest_turned_off_is_checked_by_counts_and_says_why(
+    pg_dsn: str, schema: str
+) -> None:
+    """``LoadSettings(key_digest=False)`` (a cost choice): no digest, never a claimed check."""
+    target = events_target(schema)
+
+    async def scenario() -> None:
+        await load(pg_dsn, target, records(2_500), key_digest=False)
+        keys = await _verify(pg_dsn, target)
+        assert keys.problems == ()
+        assert keys.status == (
+            "counts only: 3 of 3 batch(es) have no key digest "
+            "(written before key digests existed, or with key_digest=False)"
+        )
 
     asyncio.run(scenario())
