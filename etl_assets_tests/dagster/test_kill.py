@@ -25,10 +25,12 @@ DAY = "2024-07-01"
 RECORDS = 400_000
 
 
-def materialize_cli(dsn: str, cwd: Path, home: Path | None = None) -> subprocess.Popen[str]:
+def materialize_cli(
+    dsn: str, cwd: Path, home: Path | None = None, records: int = RECORDS
+) -> subprocess.Popen[str]:
     config = cwd / "run.yaml"
     config.write_text(
-        f"ops:\n  sample_events_table:\n    config:\n      records_per_day: {RECORDS}\n"
+        f"ops:\n  sample_events_table:\n    config:\n      records_per_day: {records}\n"
     )
     dagster = Path(sys.executable).with_name("dagster")
     env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
@@ -67,7 +69,9 @@ def test_sigterm_of_the_cli_fails_the_run_and_marks_the_load_failed(
     home = tmp_path / "home"
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    cli = materialize_cli(db_dsn, tmp_path, home)
+    # Killed after 2 batches: a day far larger than that keeps the window open however
+    # fast the load runs (with 400k records it once finished before SIGTERM landed).
+    cli = materialize_cli(db_dsn, tmp_path, home, records=5_000_000)
     wait_for_batches(db_dsn, cli, 2)
     cli.send_signal(signal.SIGTERM)  # the CLI's PID only, as `kill PID` does
 
