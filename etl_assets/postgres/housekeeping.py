@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from etl_assets.errors import FatalError
+from etl_assets.errors import ConfigurationError, FatalError
 from etl_assets.postgres.ledger import DeadLoad, Ledger, LoadKey
 from etl_assets.postgres.retry import (
     DRIVER_ERRORS,
@@ -42,7 +42,10 @@ async def load_lock(
 ) -> AsyncIterator[None]:
     """Hold "this load runs" for the load's lifetime, on a pooled connection of its own."""
     if pool.get_max_size() < 2:
-        raise FatalError(f"{key}: a load needs a pool of at least 2 connections (lock + writer)")
+        raise ConfigurationError(
+            f"{key}: a load needs a pool of at least 2 connections (its lock and a writer); "
+            "raise PostgresResource(max_pool_size=...)"
+        )
 
     async def take(_attempt: int) -> asyncpg.Connection:
         with classified():

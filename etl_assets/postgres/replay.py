@@ -23,6 +23,7 @@ superseded and writes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -108,7 +109,7 @@ async def replay_dead_letters(
             log=log,
             letters=_ReplayedLetters(ledger, base, key.load_id),
             upsert=target.mode is WriteMode.UPSERT,
-            keys=KeyDigester.for_target(target, types),
+            keys=KeyDigester.for_target(target, types) if settings.key_digest else None,
         )
         shaper = RecordShaper(target.data_columns, target.partition_column, day, model)
         totals = [0, 0, 0, 0]  # replayed, written, failed again, batches
@@ -116,7 +117,7 @@ async def replay_dead_letters(
             after = 0
             while page := await _page(pool, ledger, base, only, after, settings):
                 ids = [row["id"] for row in page]
-                payloads = [_fixed(row, only) for row in page]
+                payloads = [_fixed(row, only, target.partition_column) for row in page]
                 result = await writer.write(_batch(totals[3], ids, payloads, shaper))
                 totals = [
                     totals[0] + result.enqueued,
@@ -136,14 +137,33 @@ async def replay_dead_letters(
     return ReplayReport(*key, *totals)
 
 
-def _fixed(row: asyncpg.Record, only: ReplayFilter) -> Any:
-    """The letter's payload, corrected or transformed when a fix was given."""
+def _fixed(row: asyncpg.Record, only: ReplayFilter, partition_column: str) -> Any:
+    """The letter's payload, corrected or transformed when a fix was given.
+
+    A payload is JSON: a date in it (the partition column of a row Postgres refused) is
+    text again, and is read back as a date so a replay without a model compares dates.
+    """
     payload = only.corrected.get(row["id"])
     if payload is None:
         payload = json.loads(row["payload"])
     if only.transform is not None:
-        payload = only.transform(payload)
+        payload = _transformed(only.transform, payload, row["id"])
+    day = payload.get(partition_column) if isinstance(payload, dict) else None
+    if isinstance(day, str):
+        with contextlib.suppress(ValueError):  # not a date: validation says so, not this
+            payload = {**payload, partition_column: dt.date.fromisoformat(day)}
     return payload
+
+
+def _transformed(transform: Transform, payload: dict[str, Any], letter_id: int) -> Any:
+    """The user's fix; its failure stops the replay with the letter named (no batch half-done)."""
+    try:
+        return transform(payload)
+    except Exception as exc:  # user code: any error is reported, never swallowed
+        raise ConfigurationError(
+            f"the replay's transform failed on dead letter {letter_id}: "
+            f"{type(exc).__name__}: {exc}; letters of earlier batches stay replayed"
+        ) from exc
 
 
 async def _begin(

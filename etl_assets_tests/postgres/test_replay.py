@@ -14,15 +14,22 @@ import pydantic
 import pytest
 
 from etl_assets.dead_letter_file import read_corrections, write_letters
-from etl_assets.errors import FatalError
+from etl_assets.errors import ConfigurationError, FatalError
 from etl_assets.postgres.dead_letters import summarize_dead_letters
 from etl_assets.postgres.ledger import Ledger, LoadKey
 from etl_assets.postgres.loader import LoadSettings, load_partition
 from etl_assets.postgres.replay import ReplayFilter, ReplayReport, replay_dead_letters
 from etl_assets.postgres.resource import PostgresResource
-from etl_assets.postgres.sql import qualified
+from etl_assets.postgres.sql import qualified, quote_ident
 from etl_assets.postgres.target import Column, TableTarget
-from etl_assets_tests.postgres.helpers import DAY, fetch, partition_audit
+from etl_assets_tests.postgres.helpers import (
+    DAY,
+    events_target,
+    execute,
+    fetch,
+    partition_audit,
+    records,
+)
 
 SOURCE = 100
 KELVIN = (7, 50, 93)  # records with a unit the first model does not know
@@ -272,5 +279,58 @@ def test_an_unknown_day_has_nothing_to_replay_into(pg_dsn: str, schema: str) -> 
                     pool, target, DAY + dt.timedelta(days=1), load_id="r", model=Reading,
                     settings=LoadSettings(ledger_schema=schema),
                 )  # fmt: skip
+
+    asyncio.run(scenario())
+
+
+def test_a_row_postgres_refused_is_replayed_without_a_model_once_the_table_accepts_it(
+    pg_dsn: str, schema: str
+) -> None:
+    """The letter's payload holds the date as JSON text; the replay reads it as a date."""
+    target = events_target(schema)
+
+    def source() -> Iterator[dict[str, Any]]:
+        for row in records(50):
+            yield {**row, "amount": -1.0} if row["event_id"] == 7 else row
+
+    async def scenario() -> None:
+        await execute(pg_dsn, f"CREATE SCHEMA {quote_ident(schema)}; {target.create_table_sql()}")
+        await execute(
+            pg_dsn, f"ALTER TABLE {target.sql_name} ADD CONSTRAINT pos CHECK (amount >= 0)"
+        )
+        async with PostgresResource(dsn=pg_dsn).pool() as pool:
+            settings = LoadSettings(ledger_schema=schema, batch_size=20)
+            report = await load_partition(
+                pool, target, DAY, source(), load_id="load-1", settings=settings
+            )
+            assert (report.written, report.dead_lettered) == (49, 1)
+            await execute(pg_dsn, f"ALTER TABLE {target.sql_name} DROP CONSTRAINT pos")
+            replayed = await replay_dead_letters(
+                pool, target, DAY, load_id="replay-1", model=None, settings=settings
+            )
+        assert (replayed.replayed, replayed.written, replayed.dead_lettered) == (1, 1, 0)
+        audit = await partition_audit(pg_dsn, target, DAY, schema)
+        assert (audit.problems, audit.in_table, audit.replayed_in) == ((), 50, 1)
+
+    asyncio.run(scenario())
+
+
+def _broken_fix(payload: dict[str, Any]) -> dict[str, Any]:
+    raise KeyError("unit")
+
+
+def test_a_transform_that_fails_names_the_letter_and_writes_nothing(
+    pg_dsn: str, schema: str
+) -> None:
+    target = readings_target(schema)
+
+    async def scenario() -> None:
+        await load(pg_dsn, target, "load-1")
+        with pytest.raises(
+            ConfigurationError, match=r"transform failed on dead letter \d+: KeyError"
+        ):
+            await replay(pg_dsn, target, "replay-1", FixedReading, transform=_broken_fix)
+        assert await open_count(pg_dsn, schema) == (3, 0, 0, 0)
+        assert await rows_once(pg_dsn, target) == (SOURCE - 3, SOURCE - 3)
 
     asyncio.run(scenario())
