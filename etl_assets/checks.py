@@ -31,7 +31,7 @@ from etl_assets.check_events import (
     partition_evaluation,
 )
 from etl_assets.io_manager import data_date
-from etl_assets.postgres.key_digest import verify_keys
+from etl_assets.postgres.key_audit import verify_keys
 from etl_assets.postgres.ledger import Ledger
 from etl_assets.postgres.resource import PostgresResource
 from etl_assets.postgres.target import TableTarget

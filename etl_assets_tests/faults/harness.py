@@ -20,7 +20,7 @@ from typing import Any
 
 import asyncpg
 
-from etl_assets.postgres.key_digest import KeyAudit, verify_keys
+from etl_assets.postgres.key_audit import KeyAudit, verify_keys
 from etl_assets.postgres.ledger import Ledger
 from etl_assets.postgres.resource import APPLICATION_NAME
 from etl_assets.postgres.target import TableTarget

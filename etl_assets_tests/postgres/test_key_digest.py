@@ -13,17 +13,8 @@ import numpy as np
 import pyarrow as pa
 
 from etl_assets.postgres.arrow_copy import ArrowRows
-from etl_assets.postgres.key_digest import (
-    CELLS,
-    KeyAudit,
-    KeyCells,
-    KeySpec,
-    mix,
-    mix_int,
-    table_cells,
-    unmix,
-    verify_keys,
-)
+from etl_assets.postgres.key_audit import KeyAudit, table_cells, verify_keys
+from etl_assets.postgres.key_digest import CELLS, KeyCells, KeySpec, mix, mix_int, unmix
 from etl_assets.postgres.ledger import Ledger
 from etl_assets.postgres.loader import LoadSettings
 from etl_assets.postgres.replay import replay_dead_letters
