@@ -41,11 +41,11 @@ def summary_metadata(summary: DeadLetterSummary, ledger: Ledger) -> dict[str, An
         ),
     ]
     newest = [
-        "| id | target | partition | record | error | payload |",
+        "| id | target | partition | record no. in the load (from 0) | error | payload |",
         "|---|---|---|---|---|---|",
         *(
             f"| {d.id} | {d.target} | {d.partition_key} | {d.record_no} | "
-            f"{_cell(d.error_class + ': ' + d.error_message)} | {_cell(d.payload_excerpt)} |"
+            f"{_cell(d.error_class + ': ' + d.error_message)} | {_code(d.payload_excerpt)} |"
             for d in summary.newest
         ),
     ]
@@ -65,3 +65,9 @@ def summary_metadata(summary: DeadLetterSummary, ledger: Ledger) -> dict[str, An
 def _cell(text: str) -> str:
     """Markdown table cell: no pipes or newlines from the data."""
     return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _code(text: str) -> str:
+    """A payload as a code span: JSON's backslash escapes shown as they are, not eaten."""
+    inner = _cell(text).replace("`", "'")
+    return f"`{inner}`"

@@ -130,6 +130,9 @@ def test_malformed_lines_reach_the_dead_letter_asset_with_line_and_error(
     table = mat.metadata["newest_open"].value
     assert table.count("public.logs") == 3
     assert "invalid JSON" in table
+    payloads = [row.rsplit("|", 2)[-2].strip() for row in table.splitlines()[2:]]
+    assert all(p.startswith("`{") and p.endswith("`") for p in payloads)  # code spans:
+    assert any('\\"' in p for p in payloads)  # the raw line's escaped quotes shown as sent
 
 
 @pytest.mark.parametrize("days", [DAYS])
