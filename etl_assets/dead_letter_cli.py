@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import asyncpg
 import dagster as dg
 
-from etl_assets.dead_letter_file import replay_filter, write_letters
+from etl_assets.dead_letter_file import latest_error, replay_filter, write_letters
 from etl_assets.errors import ConfigurationError, EtlError
 from etl_assets.io_manager import data_date
 from etl_assets.jobs import replayable_tables, table_of
@@ -151,10 +151,11 @@ def _list(args: argparse.Namespace) -> int:
         return 0
     print(f"{args.asset} {args.partition}: {len(letters)} open dead letter(s) (load {load_id})")
     for row in letters:
-        error = (row["last_error_message"] or row["error_message"]).replace("\n", " ")
+        error_class, error = latest_error(row)
+        one_line = error.replace("\n", " ")
         print(
-            f"  id {row['id']}  {row['last_error_class'] or row['error_class']}  "
-            f"replays {row['replay_attempts']}  {error[:EXCERPT]}"
+            f"  id {row['id']}  {error_class}  replays {row['replay_attempts']}  "
+            f"{one_line[:EXCERPT]}"
         )
     return 0
 

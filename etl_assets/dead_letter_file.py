@@ -19,6 +19,7 @@ from etl_assets.errors import ConfigurationError
 from etl_assets.postgres.replay import ReplayFilter, Transform
 
 __all__ = [
+    "latest_error",
     "letter_line",
     "load_transform",
     "read_corrections",
@@ -27,13 +28,22 @@ __all__ = [
 ]
 
 
+def latest_error(row: Any) -> tuple[str, str]:
+    """(class, message) of the letter's latest failure: its last replay's, else the first."""
+    return (
+        row["last_error_class"] or row["error_class"],
+        row["last_error_message"] or row["error_message"],
+    )
+
+
 def letter_line(row: Any) -> str:
     """One open letter as one JSON line (``row``: a record of ``Ledger.open_letters``)."""
+    error_class, error = latest_error(row)
     return json.dumps(
         {
             "id": row["id"],
-            "error_class": row["last_error_class"] or row["error_class"],
-            "error": row["last_error_message"] or row["error_message"],
+            "error_class": error_class,
+            "error": error,
             "replay_attempts": row["replay_attempts"],
             "payload": json.loads(row["payload"]),
         },

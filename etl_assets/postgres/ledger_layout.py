@@ -39,6 +39,11 @@ class LoadStatus(enum.StrEnum):
     def finished(self) -> bool:
         return self in (LoadStatus.PUBLISHED, LoadStatus.COMPLETE)
 
+    @property
+    def resumable(self) -> bool:
+        """A load with this status may go on under its own id (it did not end)."""
+        return self in (LoadStatus.LOADING, LoadStatus.FAILED)
+
 
 class LetterStatus(enum.StrEnum):
     PENDING = "pending"

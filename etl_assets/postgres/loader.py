@@ -151,7 +151,7 @@ async def resolve_load_id(
 
     status = await with_retries(pool, RetryPolicy(), status_of_root)
     # A finished load is not loaded twice; an abandoned one (cleaned up) cannot resume.
-    if status is None or status in (LoadStatus.LOADING, LoadStatus.FAILED):
+    if status is None or status.resumable:
         return root_id
     return fresh_id
 
@@ -315,7 +315,7 @@ async def _prepare(
             await conn.execute(target.create_table_sql())
             kind = await inspect_target(conn, target)
             status = await ledger.status(conn, key)
-            if status is not None and status not in (LoadStatus.LOADING, LoadStatus.FAILED):
+            if status is not None and not status.resumable:
                 raise FatalError(
                     f"{key}: load {key.load_id!r} already ended ({status}); "
                     "a new load needs a new load id (see resolve_load_id)"

@@ -264,7 +264,7 @@ class BatchWriter:
         """
         if written + dead_lettered != batch.enqueued:
             raise LoadIntegrityError(
-                f"{self._key[0]} partition {self._key[1]} batch {batch.batch_no}: the server "
+                f"{self._key} batch {batch.batch_no}: the server "
                 f"stored {written} rows + {dead_lettered} dead-lettered != {batch.enqueued} "
                 "enqueued (a trigger on the table written to dropped rows); rolled back"
             )
