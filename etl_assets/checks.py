@@ -30,7 +30,7 @@ from etl_assets.check_events import (
     latest_materializations,
     partition_evaluation,
 )
-from etl_assets.io_manager import data_date
+from etl_assets.partition_keys import data_date
 from etl_assets.postgres.key_audit import verify_keys
 from etl_assets.postgres.ledger import Ledger
 from etl_assets.postgres.resource import PostgresResource
@@ -38,7 +38,7 @@ from etl_assets.postgres.target import TableTarget
 from etl_assets.postgres.verify import audit_partition, duplicate_keys
 from etl_assets.spec import PostgresTable
 
-__all__ = ["partition_checks"]
+__all__ = ["CheckPlan", "check_plans", "evaluate_partitions", "partition_checks", "plans_in_run"]
 
 DESCRIPTION_LIMIT = 2_000
 
@@ -59,19 +59,32 @@ def partition_checks(
     """The three checks for an asset written by ResilientPostgresIOManager."""
     key = asset.key
     spec = PostgresTable.from_metadata(asset.metadata_by_key[key], key.to_user_string())
-    target = spec.target()
+    return [_check(asset, spec.target(), plan) for plan in check_plans(max_dead_letter_ratio)]
 
-    async def accounted(
-        conn: asyncpg.Connection, ledger: Ledger, target: TableTarget, day: dt.date
-    ) -> _Finding:
-        audit = await audit_partition(conn, ledger, target, day)
-        numbers: dict[str, int | float | str] = {
-            k: v for k, v in audit.metadata().items() if not isinstance(v, str)
-        }
-        keys = await verify_keys(conn, ledger, target, day)  # count-preserving corruption
-        return _Finding(
-            audit.partition_key, {**numbers, **keys.metadata()}, (*audit.problems, *keys.problems)
-        )
+
+@dataclass(frozen=True, slots=True)
+class CheckPlan:
+    """One partition check: what it inspects and how a failure counts."""
+
+    name: str
+    blocking: bool
+    severity: dg.AssetCheckSeverity
+    inspect: Inspect
+    description: str
+    max_dead_letter_ratio: float
+
+    def metadata(self) -> dict[str, Any]:
+        """On the check's spec, so the IO manager can run the same check (see
+        ``plans_in_run``) when its own step fails and the check steps are skipped."""
+        return {PLAN_KEY: self.name, RATIO_KEY: self.max_dead_letter_ratio}
+
+
+PLAN_KEY = "etl_assets/partition_check"
+RATIO_KEY = "etl_assets/max_dead_letter_ratio"
+
+
+def check_plans(max_dead_letter_ratio: float = 0.01) -> list[CheckPlan]:
+    """The three checks, in the order they are defined."""
 
     async def rate(
         conn: asyncpg.Connection, ledger: Ledger, target: TableTarget, day: dt.date
@@ -91,80 +104,144 @@ def partition_checks(
             )
         return _Finding(audit.partition_key, numbers, problems)
 
-    async def unique(
-        conn: asyncpg.Connection, ledger: Ledger, target: TableTarget, day: dt.date
-    ) -> _Finding:
-        repeated = await duplicate_keys(conn, target, day)
-        key_name = ", ".join(target.primary_key) or "all columns"
-        problems = [f"{repeated} key(s) ({key_name}) occur more than once"] if repeated else []
-        return _Finding(day.isoformat(), {"duplicate_keys": repeated}, problems)
-
-    descriptions = {
-        **_DESCRIPTIONS,
-        "dead_letter_rate": f"At most {max_dead_letter_ratio:.2%} of the partition's records "
-        "are dead-lettered (warning only: it does not block downstream assets).",
-    }
-    specs = [
-        ("written_equals_enqueued", True, dg.AssetCheckSeverity.ERROR, accounted),
-        ("no_duplicate_keys", True, dg.AssetCheckSeverity.ERROR, unique),
-        ("dead_letter_rate", False, dg.AssetCheckSeverity.WARN, rate),
-    ]
+    rate_description = (
+        f"At most {max_dead_letter_ratio:.2%} of the partition's records are dead-lettered "
+        "(warning only: it does not block downstream assets)."
+    )
+    error, warn = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
     return [
-        _check(asset, target, name, blocking, severity, inspect, descriptions[name])
-        for name, blocking, severity, inspect in specs
+        CheckPlan(
+            "written_equals_enqueued",
+            True,
+            error,
+            _accounted,
+            _DESCRIPTIONS["written_equals_enqueued"],
+            max_dead_letter_ratio,
+        ),
+        CheckPlan(
+            "no_duplicate_keys",
+            True,
+            error,
+            _unique,
+            _DESCRIPTIONS["no_duplicate_keys"],
+            max_dead_letter_ratio,
+        ),
+        CheckPlan("dead_letter_rate", False, warn, rate, rate_description, max_dead_letter_ratio),
     ]
+
+
+def plans_in_run(step_context: Any, asset_key: dg.AssetKey) -> list[CheckPlan]:
+    """The partition checks of ``asset_key`` that the current run selected.
+
+    ``step_context`` is a Dagster ``StepExecutionContext``: the job's asset graph knows
+    each check's spec, whose metadata names the plan (``CheckPlan.metadata``).
+    """
+    graph = step_context.job_def.asset_layer.asset_graph
+    selected = step_context.dagster_run.asset_check_selection
+    plans: list[CheckPlan] = []
+    for check_key in sorted(graph.get_check_keys_for_assets({asset_key}), key=str):
+        if selected is not None and check_key not in selected:
+            continue
+        meta = graph.get_check_spec(check_key).metadata or {}
+        if PLAN_KEY in meta:
+            ratio = float(_raw(meta[RATIO_KEY]))
+            plans.extend(p for p in check_plans(ratio) if p.name == _raw(meta[PLAN_KEY]))
+    return plans
+
+
+def _raw(value: Any) -> Any:
+    """A metadata value as given (Dagster wraps it in a MetadataValue)."""
+    return getattr(value, "value", value)
+
+
+def evaluate_partitions(
+    postgres: PostgresResource,
+    instance: dg.DagsterInstance,
+    asset_key: dg.AssetKey,
+    target: TableTarget,
+    plans: Sequence[CheckPlan],
+    partition_keys: Sequence[str],
+) -> list[dg.AssetCheckEvaluation]:
+    """Every plan's evaluation of every partition, from database truth.
+
+    Each evaluation points at the partition's latest materialization, so Dagster tells a
+    current result from one about an older materialization.
+    """
+    days = [data_date(k) for k in partition_keys]
+    ledger = Ledger(postgres.ledger_schema)
+
+    async def inspect_all(conn: asyncpg.Connection) -> list[tuple[CheckPlan, _Finding]]:
+        return [
+            (plan, await plan.inspect(conn, ledger, target, day)) for plan in plans for day in days
+        ]
+
+    # Retried like a load: a lost COMMIT reply must not block a good partition.
+    findings = postgres.retried(inspect_all) if plans and days else []
+    targets = latest_materializations(instance, asset_key, partition_keys)
+    return [
+        partition_evaluation(
+            dg.AssetCheckKey(asset_key, plan.name),
+            finding.partition_key,
+            passed=not finding.problems,
+            blocking=plan.blocking,
+            severity=plan.severity,
+            metadata=finding.numbers,
+            description=_describe(finding),
+            targets=targets,
+        )
+        for plan, finding in findings
+    ]
+
+
+async def _accounted(
+    conn: asyncpg.Connection, ledger: Ledger, target: TableTarget, day: dt.date
+) -> _Finding:
+    audit = await audit_partition(conn, ledger, target, day)
+    numbers: dict[str, int | float | str] = {
+        k: v for k, v in audit.metadata().items() if not isinstance(v, str)
+    }
+    keys = await verify_keys(conn, ledger, target, day)  # count-preserving corruption
+    return _Finding(
+        audit.partition_key, {**numbers, **keys.metadata()}, (*audit.problems, *keys.problems)
+    )
+
+
+async def _unique(
+    conn: asyncpg.Connection, ledger: Ledger, target: TableTarget, day: dt.date
+) -> _Finding:
+    repeated = await duplicate_keys(conn, target, day)
+    key_name = ", ".join(target.primary_key) or "all columns"
+    problems = [f"{repeated} key(s) ({key_name}) occur more than once"] if repeated else []
+    return _Finding(day.isoformat(), {"duplicate_keys": repeated}, problems)
 
 
 def _check(
-    asset: dg.AssetsDefinition,
-    target: TableTarget,
-    name: str,
-    blocking: bool,
-    severity: dg.AssetCheckSeverity,
-    inspect: Inspect,
-    description: str,
+    asset: dg.AssetsDefinition, target: TableTarget, plan: CheckPlan
 ) -> dg.AssetChecksDefinition:
     with warnings.catch_warnings():  # partitioned checks: preview in Dagster 1.13 (see above)
         warnings.simplefilter("ignore", dg.PreviewWarning)
 
         @dg.asset_check(  # type: ignore[arg-type]  # yields evaluations: see check_events.py
             asset=asset.key,
-            name=name,
-            blocking=blocking,
+            name=plan.name,
+            blocking=plan.blocking,
             partitions_def=asset.partitions_def,
             pool="postgres",
-            description=description,
+            description=plan.description,
+            metadata=plan.metadata(),
         )
         def check(
             context: dg.AssetCheckExecutionContext, postgres: PostgresResource
         ) -> Iterator[Any]:
             keys = _partition_keys(context)
-            days = [data_date(k) for k in keys]
-            ledger = Ledger(postgres.ledger_schema)
-
-            async def inspect_all(conn: asyncpg.Connection) -> list[_Finding]:
-                return [await inspect(conn, ledger, target, day) for day in days]
-
-            # Retried like a load: a lost COMMIT reply must not block a good partition.
-            findings = postgres.retried(inspect_all)
-            targets = latest_materializations(context.instance, asset.key, keys)
-            check_key = dg.AssetCheckKey(asset.key, name)
-            evaluations = [
-                partition_evaluation(
-                    check_key,
-                    finding.partition_key,
-                    passed=not finding.problems,
-                    blocking=blocking,
-                    severity=severity,
-                    metadata=finding.numbers,
-                    description=_describe(finding),
-                    targets=targets,
-                )
-                for finding in findings
-            ]
-            failing = [f.partition_key for f in findings if f.problems]
+            evaluations = evaluate_partitions(
+                postgres, context.instance, asset.key, target, [plan], keys
+            )
+            failing = [e.partition for e in evaluations if not e.passed]
             if failing:
-                context.log.warning(f"{name} failed for partition(s) {', '.join(failing)}")
+                context.log.warning(
+                    f"{plan.name} failed for partition(s) {', '.join(map(str, failing))}"
+                )
             yield from check_output(evaluations)
 
     return check

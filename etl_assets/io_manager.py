@@ -12,18 +12,35 @@ event loop with one pool, closed on every path (``PostgresResource.run``).
 
 from __future__ import annotations
 
-import datetime as dt
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import dagster as dg
+from dagster._core.storage.tags import BACKFILL_ID_TAG
 from pydantic import Field
 
+from etl_assets.checks import evaluate_partitions, plans_in_run
 from etl_assets.errors import ConfigurationError
 from etl_assets.frames import classify_output, is_frame, split_by_partition
+from etl_assets.input_gate import reads_unverified, require_verified
 from etl_assets.input_shapes import InputShape, convert_table, input_shape
-from etl_assets.postgres.loader import LoadReport, LoadSettings, load_partition, resolve_load_id
+from etl_assets.partition_keys import data_date
+from etl_assets.partition_outcomes import (
+    PartitionFailure,
+    PartitionOutcomes,
+    partitions_failed,
+    stops_the_run,
+)
+from etl_assets.postgres.loader import (
+    LoadReport,
+    LoadSettings,
+    finished_report,
+    load_partition,
+    resolve_load_id,
+)
 from etl_assets.postgres.reader import PartitionStream, read_arrow, read_dicts
 from etl_assets.postgres.resource import PostgresResource
 from etl_assets.postgres.retry import RetryPolicy
@@ -67,9 +84,13 @@ def postgres_asset(
     kwargs.setdefault("pool", "postgres")
     kwargs.setdefault("kinds", {"postgres"})
     metadata = {**spec.metadata(), **kwargs.pop("metadata", {})}
-    decorator: Callable[[Callable[..., Any]], dg.AssetsDefinition] = dg.asset(
-        partitions_def=partitions_def, metadata=metadata, **kwargs
-    )
+    # backfill_policy is beta in Dagster 1.13; this package relies on it knowingly, and a
+    # user of postgres_asset should not see the note at every code load.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        decorator: Callable[[Callable[..., Any]], dg.AssetsDefinition] = dg.asset(
+            partitions_def=partitions_def, metadata=metadata, **kwargs
+        )
     return decorator
 
 
@@ -117,25 +138,61 @@ class ResilientPostgresIOManager(dg.ConfigurableIOManager):
             key_digest=self.key_digest,
         )
 
-    def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
+    # A generator: Dagster stores the events it yields (execute_step.py _store_output).
+    def handle_output(  # type: ignore[override]
+        self, context: dg.OutputContext, obj: Any
+    ) -> Iterator[dg.DagsterEvent]:
+        """Load every partition of the step; one partition's failure stays its own.
+
+        On success Dagster records one materialization per partition (with its own
+        metadata). When a partition fails, or the step is stopped, the partitions that
+        published are recorded here, with their checks, before the step fails naming
+        each failed partition: Dagster never disagrees with the table.
+        """
         owner = context.asset_key.to_user_string()
         spec = PostgresTable.from_metadata(context.definition_metadata, owner)
         partitions = _partitions(context, obj, owner, spec.partition_column)
-        run_ids = _run_ids(context)
+        run = _RunLineage.of(context)
         settings = self.settings(spec)
+        outcomes = PartitionOutcomes()
 
-        async def load_all(pool: asyncpg.Pool) -> list[LoadReport]:
-            reports = []
+        async def load_all(pool: asyncpg.Pool) -> None:
             for key, records in partitions:
-                reports.append(
-                    await _load_one(
-                        pool, spec, data_date(key), records, run_ids, settings, context.log
+                try:
+                    outcomes.reports.append(
+                        await _load_one(pool, spec, key, records, run, settings, context.log, owner)
                     )
-                )
-            return reports
+                except Exception as exc:  # kept: the step fails naming it, after the rest
+                    if stops_the_run(exc):
+                        raise
+                    context.log.exception(f"{owner} partition {key} failed")
+                    outcomes.failures.append(PartitionFailure(key, exc))
 
-        reports = self.postgres.run(load_all)
-        record_load_metadata(context, reports)
+        try:
+            self.postgres.run(load_all)
+        except BaseException:
+            yield from _published_events(context, outcomes.reports)  # then the error goes on
+            raise
+        if outcomes.failures:
+            yield from _published_events(context, outcomes.reports)
+            yield from self._check_events(context, spec, outcomes.published_keys)
+            raise partitions_failed(owner, outcomes) from outcomes.failures[0].error
+        record_load_metadata(context, outcomes.reports)
+
+    def _check_events(
+        self, context: dg.OutputContext, spec: PostgresTable, partition_keys: Sequence[str]
+    ) -> Iterator[dg.DagsterEvent]:
+        """The run's partition checks for the published partitions of a failing step.
+
+        Dagster skips the check steps of a failed step; the partitions that did publish
+        still get their verdicts, from the same code and database truth as the checks.
+        """
+        step = context.step_context
+        plans = plans_in_run(step, context.asset_key)
+        for evaluation in evaluate_partitions(
+            self.postgres, step.instance, context.asset_key, spec.target(), plans, partition_keys
+        ):
+            yield dg.DagsterEvent.asset_check_evaluation(step, evaluation)
 
     def load_input(self, context: dg.InputContext) -> Any:
         """The upstream rows of the input's partitions (all rows if it has none).
@@ -155,6 +212,14 @@ class ResilientPostgresIOManager(dg.ConfigurableIOManager):
             else None
         )
         target = spec.target()
+        if days is not None and not reads_unverified(context.definition_metadata):
+            require_verified(
+                self.postgres,
+                _instance_of(context),
+                upstream.asset_key,
+                target,
+                context.asset_partition_keys,
+            )
         wanted = input_shape(context.dagster_type.typing_type)
         if wanted is InputShape.STREAM:
             return PartitionStream(self.postgres.resolved_dsn(), target, days, owner)
@@ -164,31 +229,62 @@ class ResilientPostgresIOManager(dg.ConfigurableIOManager):
         return convert_table(table, wanted)
 
 
+@dataclass(frozen=True, slots=True)
+class _RunLineage:
+    """The run's id, its root's, and whether it re-executes a failed run."""
+
+    root_id: str
+    run_id: str
+    resumes_failure: bool
+
+    @classmethod
+    def of(cls, context: dg.OutputContext) -> _RunLineage:
+        run = context.step_context.dagster_run
+        parent = run.parent_run_id
+        parent_run = context.step_context.instance.get_run_by_id(parent) if parent else None
+        return cls(
+            root_id=run.root_run_id or run.run_id,
+            run_id=run.run_id,
+            resumes_failure=bool(parent_run and parent_run.status == dg.DagsterRunStatus.FAILURE),
+        )
+
+
 async def _load_one(
     pool: asyncpg.Pool,
     spec: PostgresTable,
-    day: dt.date,
-    records: Iterable[Any],
-    run_ids: tuple[str, str],
+    partition_key: str,
+    records: Any,
+    run: _RunLineage,
     settings: LoadSettings,
     log: Log,
+    owner: str,
 ) -> LoadReport:
-    target = spec.target()
-    load_id = await resolve_load_id(pool, target, day, *run_ids, settings.ledger_schema)
+    """One partition: resumed, skipped (its failed run already published it) or loaded.
+
+    Re-executing a failed run re-runs its step over the whole range; the partitions the
+    failed run published are reported from the ledger, so only what failed is loaded.
+    """
+    target, day = spec.target(), data_date(partition_key)
+    if run.resumes_failure:
+        done = await finished_report(pool, target, day, run.root_id, settings.ledger_schema)
+        if done is not None:
+            log.info(f"{target.name} {partition_key}: published by run {run.root_id}, kept")
+            return done
+    records = classify_output(records, f"asset {owner} partition {partition_key}")
+    load_id = await resolve_load_id(
+        pool, target, day, run.root_id, run.run_id, settings.ledger_schema
+    )
     return await load_partition(
         pool, target, day, records, load_id=load_id, model=spec.model, settings=settings, log=log
     )
 
 
-def data_date(partition_key: str) -> dt.date:
-    """The data date a partition key names (daily partitions: ``YYYY-MM-DD``)."""
+def _instance_of(context: dg.InputContext) -> dg.DagsterInstance | None:
+    """The run's instance; None for an input context built without one (direct calls)."""
     try:
-        return dt.date.fromisoformat(partition_key)
-    except ValueError:
-        raise ConfigurationError(
-            f"partition key {partition_key!r} is not a date (YYYY-MM-DD); etl_assets writes "
-            "one partition per data date: use a DailyPartitionsDefinition"
-        ) from None
+        return context.instance
+    except dg.DagsterInvariantViolationError:
+        return None
 
 
 def _partitions(
@@ -224,15 +320,7 @@ def _partitions(
             f"asset {owner} ran for {len(keys)} partitions in one run (single-run backfill); "
             "return a dict {partition_key: records} so each partition is loaded on its own"
         )
-    return [
-        (key, classify_output(records, f"asset {owner} partition {key}")) for key, records in parts
-    ]
-
-
-def _run_ids(context: dg.OutputContext) -> tuple[str, str]:
-    """(root run id, run id): a re-executed failed run resumes its root's load."""
-    run = context.step_context.dagster_run
-    return run.root_run_id or run.run_id, run.run_id
+    return parts
 
 
 def record_load_metadata(context: dg.OutputContext, reports: Sequence[LoadReport]) -> None:
@@ -249,6 +337,27 @@ def record_load_metadata(context: dg.OutputContext, reports: Sequence[LoadReport
             asset_key=context.asset_key,
             partition_key=report.partition_key,
         )
+
+
+def _published_events(
+    context: dg.OutputContext, reports: Sequence[LoadReport]
+) -> Iterator[dg.DagsterEvent]:
+    """A materialization per published partition, for a step that is about to fail.
+
+    Dagster records an output's materializations only when ``handle_output`` returns;
+    a failing step records these instead, so a published partition is never missing
+    from Dagster's records (and a backfill counts it as materialized, not failed).
+    """
+    step = context.step_context
+    backfill = step.get_tag(BACKFILL_ID_TAG)
+    for report in reports:
+        materialization = dg.AssetMaterialization(
+            asset_key=context.asset_key,
+            partition=report.partition_key,
+            metadata=load_report_metadata(report),
+            tags={BACKFILL_ID_TAG: backfill} if backfill else None,
+        )
+        yield dg.DagsterEvent.asset_materialization(step, materialization)
 
 
 def load_report_metadata(report: LoadReport) -> dict[str, Any]:

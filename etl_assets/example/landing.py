@@ -43,8 +43,9 @@ def day_dir(landing: Path, day: dt.date) -> Path:
 def read_landing_day(landing: Path, day: dt.date) -> Iterator[dict[str, Any]]:
     """Every non-blank line of the day's files, in file and line order, as a record.
 
-    Raises FileNotFoundError up front (not halfway through a load) when the day has not
-    landed, so a missing delivery fails the run instead of loading an empty partition.
+    Raises FileNotFoundError at the first record (before a batch is written) when the day
+    has not landed, so a missing delivery fails its partition instead of loading it empty.
+    A generator: in a run of many partitions the error belongs to this day alone.
     """
     folder = day_dir(landing, day)
     if not folder.is_dir():
@@ -54,7 +55,7 @@ def read_landing_day(landing: Path, day: dt.date) -> Iterator[dict[str, Any]]:
             f"--landing {landing}`, or set ETL_ASSETS_LANDING / the landing_dir config"
         )
     files = sorted(folder.glob("*.jsonl"))
-    return _records(folder, files)
+    yield from _records(folder, files)
 
 
 def _records(folder: Path, files: list[Path]) -> Iterator[dict[str, Any]]:

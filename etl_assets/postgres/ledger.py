@@ -47,6 +47,7 @@ __all__ = [
     "Ledger",
     "LoadKey",
     "LoadStatus",
+    "PartitionState",
     "PartitionTotals",
 ]
 
@@ -85,6 +86,14 @@ class PartitionTotals:
     enqueued: int
     written: int
     dead_lettered: int
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionState:
+    """Whether a partition was ever published, and how its newest load ended."""
+
+    published: bool
+    latest: LoadStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +262,30 @@ class Ledger(LedgerLayout):
             partition_key,
             REPLAY_MODE,
         )
+
+    async def partition_states(
+        self, conn: asyncpg.Connection, target: str, partition_keys: Sequence[str]
+    ) -> dict[str, PartitionState]:
+        """Per partition: has a load ever published it, and how its newest load ended.
+
+        Readers ask this before handing a partition downstream: a partition no load
+        published must not be read as empty. A ledger not created yet means no partition
+        was ever loaded (no DDL on a read: a reading role may not own the schema).
+        """
+        if await conn.fetchval("SELECT to_regclass($1) IS NULL", self.loads):
+            return {}
+        rows = await conn.fetch(
+            f"SELECT partition_key, bool_or(status IN ('published', 'complete')), "
+            f"(array_agg(status ORDER BY started_at DESC))[1] FROM {self.loads} "
+            f"WHERE target = $1 AND partition_key = ANY($2::text[]) AND mode <> $3 "
+            f"GROUP BY partition_key",
+            target,
+            list(partition_keys),
+            REPLAY_MODE,
+        )
+        return {
+            key: PartitionState(published, LoadStatus(latest)) for key, published, latest in rows
+        }
 
     async def replayed_in(self, conn: asyncpg.Connection, key: LoadKey) -> int:
         """Rows that replays wrote into the load's partition (ledger rows, not load totals:

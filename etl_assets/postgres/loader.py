@@ -156,6 +156,41 @@ async def resolve_load_id(
     return fresh_id
 
 
+async def finished_report(
+    pool: asyncpg.Pool, target: TableTarget, day: dt.date, load_id: str, ledger_schema: str = "etl"
+) -> LoadReport | None:
+    """The report of load ``load_id`` of ``day`` if it finished (published or merged).
+
+    A re-executed failed run asks this first for each partition: a partition that the
+    failed run already published is reported from the ledger, not loaded again.
+    """
+    ledger = Ledger(ledger_schema)
+    key = LoadKey(target.name, day.isoformat(), load_id)
+
+    async def read(conn: asyncpg.Connection) -> tuple[LoadStatus | None, PartitionTotals]:
+        await ledger.ensure(conn)
+        return await ledger.status(conn, key), await ledger.totals(conn, key)
+
+    status, totals = await with_retries(pool, RetryPolicy(), read)
+    if status is None or not status.finished:
+        return None
+    return LoadReport(
+        target=key.target,
+        partition_key=key.partition_key,
+        load_id=load_id,
+        mode=target.mode.value,
+        enqueued=totals.enqueued,
+        written=totals.written,
+        dead_lettered=totals.dead_lettered,
+        batches=totals.batches,
+        batches_resumed=totals.batches,
+        retries=0,
+        elapsed_s=0.0,
+        rows_per_s=0.0,
+        published=True,
+    )
+
+
 async def load_partition(
     pool: asyncpg.Pool,
     target: TableTarget,

@@ -50,23 +50,34 @@ def workspace(
 
 
 def run_asset_backfill(
-    context: WorkspaceProcessContext, partitions: list[str], *, timeout_s: float = 150
+    context: WorkspaceProcessContext,
+    partitions: list[str],
+    *,
+    assets: tuple[dg.AssetKey, ...] = ASSETS,
+    timeout_s: float = 150,
 ) -> PartitionBackfill:
     """What the Materialize dialog's "Launch backfill" does, then the daemon until it is done."""
-    instance = context.instance
     backfill = PartitionBackfill.from_asset_partitions(
         backfill_id="ui-style",
         asset_graph=context.create_request_context().asset_graph,
         partition_names=partitions,
-        asset_selection=list(ASSETS),
+        asset_selection=list(assets),
         backfill_timestamp=time.time(),
         tags={},
-        dynamic_partitions_store=instance,
+        dynamic_partitions_store=context.instance,
         all_partitions=False,
         title=None,
         description=None,
         run_config=None,
     )
+    return drive_backfill(context, backfill, timeout_s=timeout_s)
+
+
+def drive_backfill(
+    context: WorkspaceProcessContext, backfill: PartitionBackfill, *, timeout_s: float = 150
+) -> PartitionBackfill:
+    """Add the backfill, then iterate the daemon until it ends."""
+    instance = context.instance
     instance.add_backfill(backfill)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
