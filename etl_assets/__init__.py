@@ -11,6 +11,7 @@ from etl_assets.errors import (
     RetryableError,
     classify,
 )
+from etl_assets.input_gate import READ_UNVERIFIED, UnverifiedPartitionError
 from etl_assets.io_manager import (
     PartitionRecords,
     ResilientPostgresIOManager,
@@ -36,6 +37,7 @@ __all__ = [
     "partition_checks",
     "postgres_asset",
     "data_date",
+    "READ_UNVERIFIED",
     # loading
     "load_partition",
     "resolve_load_id",
@@ -65,6 +67,7 @@ __all__ = [
     "ConfigurationError",
     "CircuitBreakerOpenError",
     "LoadIntegrityError",
+    "UnverifiedPartitionError",
     "ConnectionFailedError",
     "classify",
 ]

@@ -42,8 +42,8 @@ def logs_config(landing: Path) -> dg.RunConfig:
     return dg.RunConfig(ops={"raw_logs": RawLogsConfig(landing_dir=str(landing))})
 
 
-def drop_rows_after_publish(day: str | None = None) -> str:
-    """SQL of a trigger that deletes 5 rows of a day of public.logs as its load publishes.
+def drop_rows_after_publish(day: str | None = None, table: str = "logs") -> str:
+    """SQL of a trigger that deletes 5 rows of a day of public.<table> as its load publishes.
 
     A loss behind the IO manager's back, for the blocking check to catch; ``day`` limits it
     to one partition. ctid repeats across the table's partitions: the day is pinned on
@@ -53,9 +53,9 @@ def drop_rows_after_publish(day: str | None = None) -> str:
     return f"""
 CREATE FUNCTION public.drop_rows_after_publish() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF NEW.status = 'published' AND NEW.target = 'public.logs'{only_day} THEN
-        DELETE FROM public.logs WHERE data_date = NEW.partition_key::date AND ctid IN (
-            SELECT ctid FROM public.logs WHERE data_date = NEW.partition_key::date LIMIT 5);
+    IF NEW.status = 'published' AND NEW.target = 'public.{table}'{only_day} THEN
+        DELETE FROM public.{table} WHERE data_date = NEW.partition_key::date AND ctid IN (
+            SELECT ctid FROM public.{table} WHERE data_date = NEW.partition_key::date LIMIT 5);
     END IF;
     RETURN NEW;
 END $$;
