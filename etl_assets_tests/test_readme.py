@@ -175,20 +175,51 @@ def run_python(source: str, cwd: Path, db_dsn: str) -> subprocess.CompletedProce
     )
 
 
+RANGE_RUN = """
+range_tags = {{
+    "dagster/asset_partition_range_start": "2024-01-08",
+    "dagster/asset_partition_range_end": "2024-01-11",
+}}
+ranged = dg.materialize(
+    [{asset}, *partition_checks({asset})], resources=resources, tags=range_tags
+)
+print("range", ranged.success, sorted(
+    (e.partition, e.metadata["written"].value)
+    for e in ranged.asset_materializations_for_node("{asset}")
+))
+print("checks", sorted({{(e.check_name, e.passed) for e in ranged.get_asset_check_evaluations()}}))
+"""
+RANGE_DAYS = [dt.date(2024, 1, d) for d in range(8, 12)]
+CHECKS_PASSED = "checks [('dead_letter_rate', True), ('no_duplicate_keys', True), " + (
+    "('written_equals_enqueued', True)]"
+)
+
+
+def no_dagster_warning(stderr: str) -> None:
+    """A README snippet runs without a Dagster warning (beta notes, mixed policies)."""
+    assert "Warning" not in stderr, stderr[-3000:]
+
+
 def test_writing_your_own_asset_runs_and_loads_three_orders(project: Path, db_dsn: str) -> None:
-    """The orders example, run as `python orders.py`, loads and checks one partition."""
-    done = run_python(only(PYTHON, "def orders("), project, db_dsn)
+    """The orders example, run as `python orders.py`, loads and checks one partition, and
+    a range of four (a backfill chunk); no Dagster warning."""
+    snippet = only(PYTHON, "def orders(") + RANGE_RUN.format(asset="orders")
+    done = run_python(snippet, project, db_dsn)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.splitlines()[-1] == "True 3"
+    no_dagster_warning(done.stderr)
+    first, ranged, checks = done.stdout.splitlines()[-3:]
+    assert first == "True 3"
+    assert ranged == f"range True {[(d.isoformat(), 3) for d in RANGE_DAYS]}"
+    assert checks == CHECKS_PASSED
     rows = asyncio.run(
         fetch(db_dsn, "SELECT data_date, order_id, amount FROM public.orders ORDER BY 2")
     )
-    day = dt.date(2024, 1, 2)
-    assert [tuple(r) for r in rows] == [
-        (day, 1, decimal.Decimal("2.50")),
-        (day, 2, decimal.Decimal("4.50")),
-        (day, 3, decimal.Decimal("6.50")),
+    assert [tuple(r) for r in rows if r[0] == dt.date(2024, 1, 2)] == [
+        (dt.date(2024, 1, 2), 1, decimal.Decimal("2.50")),
+        (dt.date(2024, 1, 2), 2, decimal.Decimal("4.50")),
+        (dt.date(2024, 1, 2), 3, decimal.Decimal("6.50")),
     ]
+    assert len(rows) == 3 + 3 * len(RANGE_DAYS)
 
 
 def test_using_the_engine_runs_and_loads_a_thousand_events(project: Path, db_dsn: str) -> None:
@@ -206,9 +237,16 @@ def test_using_the_engine_runs_and_loads_a_thousand_events(project: Path, db_dsn
 
 
 def test_the_dataframe_example_runs_and_reads_back_three_sales(project: Path, db_dsn: str) -> None:
-    """sales.py: a DataFrame lands its 3 rows; the pandas and stream inputs read them back."""
-    done = run_python(only(PYTHON, "def sales("), project, db_dsn)
+    """sales.py: a DataFrame lands its 3 rows; the pandas and stream inputs read them back;
+    a range of four days loads as one run; no Dagster warning."""
+    snippet = only(PYTHON, "def sales(") + RANGE_RUN.format(asset="sales")
+    done = run_python(snippet, project, db_dsn)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.splitlines()[-1] == "34.5 3"  # 9.5 + 20.0 + 5.0 (the 5th), 3 rows
-    rows = asyncio.run(fetch(db_dsn, "SELECT data_date, sale_id FROM public.sales ORDER BY 2"))
-    assert [tuple(r) for r in rows] == [(dt.date(2024, 1, 5), n) for n in (1, 2, 3)]
+    no_dagster_warning(done.stderr)
+    first, ranged, checks = done.stdout.splitlines()[-3:]
+    assert first == "34.5 3"  # 9.5 + 20.0 + 5.0 (the 5th), 3 rows
+    assert ranged == f"range True {[(d.isoformat(), 3) for d in RANGE_DAYS]}"
+    assert checks == CHECKS_PASSED
+    rows = asyncio.run(fetch(db_dsn, "SELECT data_date, sale_id FROM public.sales ORDER BY 1, 2"))
+    days = [dt.date(2024, 1, 5), *RANGE_DAYS]
+    assert [tuple(r) for r in rows] == [(d, n) for d in days for n in (1, 2, 3)]
