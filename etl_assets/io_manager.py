@@ -219,6 +219,7 @@ class ResilientPostgresIOManager(dg.ConfigurableIOManager):
                 upstream.asset_key,
                 target,
                 context.asset_partition_keys,
+                whole_table=not context.has_partition_key,
             )
         wanted = input_shape(context.dagster_type.typing_type)
         if wanted is InputShape.STREAM:

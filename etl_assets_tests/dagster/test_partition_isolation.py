@@ -127,17 +127,14 @@ def test_backfill_chunk_with_one_bad_day_materializes_and_checks_the_nine_others
     assert {k: v for k, v in statuses.items() if k[1] != BAD.isoformat()} == {
         (name, key): (Status.SUCCEEDED, True) for name in CHECK_NAMES for key in good
     }
-    assert all(
-        statuses[(name, BAD.isoformat())][0] != Status.SUCCEEDED for name in CHECK_NAMES
-    )
+    assert all(statuses[(name, BAD.isoformat())][0] != Status.SUCCEEDED for name in CHECK_NAMES)
     # downstream: built for the nine, not for day 5
     assert instance.get_materialized_partitions(ASSETS[1]) == set(good)
     metric_days = asyncio.run(fetch(db_dsn, "SELECT DISTINCT date FROM public.daily_metrics"))
     assert sorted(d.isoformat() for (d,) in metric_days) == good
     # the failed step named the day and why
     failure = next(
-        e
-        for e in instance.all_logs(chunk[0].run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+        e for e in instance.all_logs(chunk[0].run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
     )
     assert failure.dagster_event is not None
     message = str(failure.dagster_event.step_failure_data.error)
@@ -159,6 +156,7 @@ def test_backfill_chunk_with_one_bad_day_materializes_and_checks_the_nine_others
     assert instance.get_materialized_partitions(ASSETS[0]) == set(keys)
     assert instance.get_materialized_partitions(ASSETS[1]) == set(keys)
     assert dagster_written(instance, ASSETS[0]) == table_counts(db_dsn)
-    assert check_statuses(instance, ASSETS[0])[
-        ("written_equals_enqueued", BAD.isoformat())
-    ] == (Status.SUCCEEDED, True)
+    assert check_statuses(instance, ASSETS[0])[("written_equals_enqueued", BAD.isoformat())] == (
+        Status.SUCCEEDED,
+        True,
+    )
