@@ -54,9 +54,11 @@ __all__ = [
     "Verdict",
     "arrow_kind",
     "column_type",
+    "columnar_kind",
     "conversion_plan",
     "field_kind",
     "invalid_text",
+    "refusal",
     "value_check",
     "verdict",
 ]
@@ -221,6 +223,7 @@ _EXACT = Rule(Verdict.EXACT)
 _CHECKED = Rule(Verdict.CHECKED)
 _F, _K = Family, FieldKind
 _WHOLE = (_F.SMALLINT, _F.INTEGER, _F.BIGINT)
+_BINARY_FLOATS = (_F.REAL, _F.DOUBLE)
 _CHECKABLE = (
     *_WHOLE, _F.REAL, _F.DOUBLE, _F.NUMERIC_PS, _F.VARCHAR_N, _F.CHAR_N,
     _F.TIMESTAMPTZ, _F.TIMESTAMP, _F.DATE,
@@ -378,7 +381,8 @@ def conversion_plan(
         kind = FieldKind.ANY if model is None else _kind_of(field)
         rule = verdict(kind, col)
         if rule.verdict is Verdict.REFUSED:
-            refusals.append(_refusal(name, kind, col, rule, table_sql))
+            what = f"the model's field {name!r} is {kind}"
+            refusals.append(refusal(name, what, col, rule, table_sql, rule.model_fix))
             continue
         if field is not None and _constrained_to_fit(field, col):
             continue
@@ -397,13 +401,31 @@ def _kind_of(field: Any) -> FieldKind:
     return FieldKind.OTHER if field is None else field_kind(field.annotation)
 
 
-def _refusal(name: str, kind: FieldKind, col: ColumnType, rule: Rule, table_sql: str) -> str:
+def refusal(name: str, what: str, col: ColumnType, rule: Rule, table_sql: str, fix: str) -> str:
+    """The message of a refused pair: the column, both types, what would be lost, both fixes."""
     return (
-        f"Column {name!r} is {col.spelling} but the model's field {name!r} is {kind}: "
-        f"storing it would lose {rule.loses}. Widen the column "
-        f"(ALTER TABLE {table_sql} ALTER COLUMN {quote_ident(name)} TYPE {rule.widen_to}) "
-        f"or {rule.model_fix}."
+        f"Column {name!r} is {col.spelling} but {what}: storing it would lose "
+        f"{rule.loses}. Widen the column (ALTER TABLE {table_sql} ALTER COLUMN "
+        f"{quote_ident(name)} TYPE {rule.widen_to}) or {fix}."
     )
+
+
+def columnar_kind(model_kind: FieldKind, source_kind: FieldKind, col: ColumnType) -> FieldKind:
+    """The kind that decides a frame column's pair: the model's, unless the Arrow type says more.
+
+    A plain ``datetime`` field (or no model) is naive or aware per column in Arrow, so
+    the column's own type decides; without a model, a float or decimal column into a
+    binary float column is judged by its Arrow type. Otherwise the model decides (an
+    ``int`` field arriving as float64, pandas' nullable ints, stays an int field: Arrow's
+    safe cast refuses a fractional value row by row).
+    """
+    stamps = (FieldKind.AWARE_DATETIME, FieldKind.NAIVE_DATETIME)
+    if model_kind in (FieldKind.DATETIME, FieldKind.ANY) and source_kind in stamps:
+        return source_kind
+    floats = (FieldKind.FLOAT, FieldKind.DECIMAL)
+    if model_kind is FieldKind.ANY and source_kind in floats and col.family in _BINARY_FLOATS:
+        return source_kind
+    return model_kind
 
 
 def _constrained_to_fit(field: Any, col: ColumnType) -> bool:
@@ -472,10 +494,8 @@ def _binary_float(col: ColumnType) -> Problem:
         if type(value) is float:
             if not single or value != value:  # NaN is NaN in both widths
                 return None
-        elif value is None or isinstance(value, bool):
-            return None
-        elif not isinstance(value, int | float | decimal.Decimal):
-            return None
+        elif isinstance(value, bool) or not isinstance(value, int | float | decimal.Decimal):
+            return None  # None, bool and other types are not this check's business
         try:
             as_float = stored(float(value))
         except OverflowError:
@@ -491,7 +511,8 @@ def _binary_float(col: ColumnType) -> Problem:
 
 
 def _numeric(col: ColumnType) -> Problem:
-    assert col.precision is not None and col.scale is not None
+    assert col.precision is not None
+    assert col.scale is not None
     quantum = decimal.Decimal(1).scaleb(-col.scale)
     integer_digits = col.precision - col.scale
     context = decimal.Context(prec=1000, rounding=decimal.ROUND_HALF_UP)
