@@ -173,7 +173,7 @@ def test_a_refused_pair_names_column_types_alter_and_model_change() -> None:
     message = str(caught.value)
     assert (
         "Column 'qty' is bigint but the model's field 'qty' is float: storing it would lose "
-        "its fraction (5.25 would be stored as 5). Widen the column (ALTER TABLE \"s\".\"t\" "
+        'its fraction (5.25 would be stored as 5). Widen the column (ALTER TABLE "s"."t" '
         'ALTER COLUMN "qty" TYPE double precision) or declare the field int' in message
     )
     assert "Column 'at' is timestamp with time zone but the model's field 'at' is " in message

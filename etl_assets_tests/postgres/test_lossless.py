@@ -123,9 +123,7 @@ def test_refused_pairs_stop_the_load_before_a_row_moves(
     target = one_column(schema, pg_type)
 
     async def scenario() -> None:
-        await execute(
-            pg_dsn, f"CREATE SCHEMA {quote_ident(schema)}; {target.create_table_sql()}"
-        )
+        await execute(pg_dsn, f"CREATE SCHEMA {quote_ident(schema)}; {target.create_table_sql()}")
         with pytest.raises(ConfigurationError) as caught:
             await load(pg_dsn, target, [{"id": 1, "v": value}], model=model_of(kind))
         assert "Column 'v' is " in str(caught.value)
@@ -163,9 +161,7 @@ def test_qty_int_changed_to_float_is_refused_not_stored_as_5(
         await load(pg_dsn, _qty_target(schema, QtyV1), [{"sku": "a", "qty": 4}], model=QtyV1)
         source: Any = pd.DataFrame(rows) if as_frame else rows
         with pytest.raises(ConfigurationError) as caught:
-            await load(
-                pg_dsn, _qty_target(schema, QtyV2), source, model=QtyV2, load_id="run-2"
-            )
+            await load(pg_dsn, _qty_target(schema, QtyV2), source, model=QtyV2, load_id="run-2")
         assert "Column 'qty' is bigint but the model's field 'qty' is float" in str(caught.value)
         assert (
             f'ALTER TABLE {qualified(schema, "stock")} ALTER COLUMN "qty" TYPE double precision'
@@ -293,8 +289,8 @@ def test_one_unstorable_string_among_10000_is_one_dead_letter(
         assert (report.written, report.dead_lettered) == (9_999, 1)
         letters = await dead_letters(pg_dsn, schema)
         assert [r["record_no"] for r in letters] == [4321]
-        expected_class = "InvalidText" if as_frame and error_class == "UnicodeEncodeError" else (
-            error_class
+        expected_class = (
+            "InvalidText" if as_frame and error_class == "UnicodeEncodeError" else (error_class)
         )
         assert letters[0]["error_class"] == expected_class
         assert json.loads(letters[0]["payload"])["name"] == shown
