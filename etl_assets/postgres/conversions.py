@@ -517,7 +517,23 @@ def _numeric(col: ColumnType) -> Problem:
     integer_digits = col.precision - col.scale
     context = decimal.Context(prec=1000, rounding=decimal.ROUND_HALF_UP)
 
+    limit, scale = 10**integer_digits, col.scale
+
     def problem(value: Any) -> str | None:
+        if type(value) is int:  # scale only adds zeros: the digits are all that matter
+            return (
+                None
+                if -limit < value < limit
+                else f"{value} has too many digits for {col.spelling}"
+            )
+        if type(value) is decimal.Decimal and value.is_finite():
+            exponent = value.as_tuple().exponent
+            if (
+                isinstance(exponent, int)
+                and exponent >= -scale
+                and value.adjusted() < integer_digits
+            ):
+                return None  # no digit beyond the scale, none too many: stored as it is
         if value is None or isinstance(value, bool):
             return None
         if not isinstance(value, int | float | decimal.Decimal) or not _finite(value):
@@ -557,9 +573,14 @@ def _char(col: ColumnType) -> Problem:
     return problem
 
 
+def _naive(value: dt.datetime) -> bool:
+    zone = value.tzinfo
+    return zone is None or (type(zone) is not dt.timezone and value.utcoffset() is None)
+
+
 def _aware_only(col: ColumnType) -> Problem:
     def problem(value: Any) -> str | None:
-        if isinstance(value, dt.datetime) and value.utcoffset() is None:
+        if isinstance(value, dt.datetime) and _naive(value):
             return (
                 f"naive datetime {value.isoformat()} into {col.spelling}: its time zone is "
                 "unknown (it would be read in the loading process's time zone); give it a "
@@ -572,7 +593,7 @@ def _aware_only(col: ColumnType) -> Problem:
 
 def _naive_only(col: ColumnType) -> Problem:
     def problem(value: Any) -> str | None:
-        if isinstance(value, dt.datetime) and value.utcoffset() is not None:
+        if isinstance(value, dt.datetime) and not _naive(value):
             return (
                 f"aware datetime {value.isoformat()} into {col.spelling} would lose its UTC "
                 "offset; convert it to naive UTC in the source, or store it in a "
