@@ -40,13 +40,30 @@ import pydantic
 
 from etl_assets import collector
 from etl_assets.errors import ConfigurationError
-from etl_assets.frames import require_pyarrow
+from etl_assets.frames import INVALID_TEXT_COLUMN, require_pyarrow
 from etl_assets.postgres.arrow_copy import ArrowRows, arrow_type
+from etl_assets.postgres.conversions import (
+    ConversionPlan,
+    FieldKind,
+    Verdict,
+    arrow_kind,
+    column_type,
+    columnar_kind,
+    field_kind,
+    refusal,
+    verdict,
+)
 from etl_assets.records import DeadLetter, RecordShaper, ShapedChunk, payload_json, sorted_letters
 
 __all__ = ["ArrowShaper", "vectorisable"]
 
 _PLAIN = (int, float, str, bool, bytes, dt.date, dt.datetime, dt.time)
+
+
+class _LossyReason(str):
+    """A reason from the conversion plan: pydantic accepts the value, the column would change it."""
+
+    __slots__ = ()
 
 
 def _plain_annotation(annotation: Any) -> tuple[type | None, bool]:
@@ -150,17 +167,36 @@ class ArrowShaper:
         model: type[pydantic.BaseModel] | None,
         *,
         partition_from_table: bool = False,
+        plan: ConversionPlan | None = None,
+        table_sql: str = "",
     ) -> None:
         """``partition_from_table``: the row tuples of batches pydantic must shape (not
-        the Arrow rows, which always carry the partition column) leave it to the table."""
+        the Arrow rows, which always carry the partition column) leave it to the table.
+
+        ``plan``: the load's conversion plan; its checks run column-wise here (and per
+        value for the batches pydantic shapes). ``table_sql`` names the table in the
+        ALTER a refusal suggests.
+        """
         self._pa = require_pyarrow("a DataFrame output")
         self._pc = importlib.import_module("pyarrow.compute")
         self._columns = tuple(data_columns)
         self._partition_column = partition_column
         self._day = day
         self._model = model
+        self._plan = plan or ConversionPlan()
+        self._table_sql = table_sql
+        self._column_types = {c: column_type(column_types[c]) for c in self._columns}
+        self._kinds = {
+            c: field_kind(model.model_fields[c].annotation) if model is not None else FieldKind.ANY
+            for c in self._columns
+        }
         self._records = RecordShaper(
-            data_columns, partition_column, day, model, partition_from_table=partition_from_table
+            data_columns,
+            partition_column,
+            day,
+            model,
+            partition_from_table=partition_from_table,
+            checks=self._plan.checks,
         )
         self._adapter = pydantic.TypeAdapter(model) if model is not None else None
         types_ = {c: arrow_type(self._pa, column_types[c]) for c in self._columns}
@@ -177,10 +213,39 @@ class ArrowShaper:
 
     def shape(self, first_record_no: int, batch: Any) -> ShapedChunk:
         """Validate and convert one batch, its rows numbered from ``first_record_no``."""
+        if INVALID_TEXT_COLUMN in batch.schema.names:
+            return self._without_invalid_text(first_record_no, batch)
         if not self.vectorised:  # constraints or types only pydantic can check
             return self._records.shape(first_record_no, batch.to_pylist())
         with collector.paused():
             return self._shape(first_record_no, batch)
+
+    def _without_invalid_text(self, first: int, batch: Any) -> ShapedChunk:
+        """The batch shaped, but its rows whose text was not valid Unicode dead-lettered.
+
+        ``etl_assets.frames`` marks them (Arrow cannot hold a lone surrogate, so the
+        frame arrives with the text escaped and the reason in a column of its own): the
+        escaped text must never be stored as if the source had said it.
+        """
+        reasons = batch.column(INVALID_TEXT_COLUMN)
+        batch = batch.drop_columns([INVALID_TEXT_COLUMN])
+        marked = {
+            first + i: str(reasons[i].as_py()) for i in self._indices(self._pc.is_valid(reasons))
+        }
+        shaped = self.shape(first, batch)
+        keep = [i for i, no in enumerate(shaped.record_nos) if no not in marked]
+        rows = shaped.rows
+        kept = rows.take(keep) if isinstance(rows, ArrowRows) else [rows[i] for i in keep]
+        letters = [
+            DeadLetter(
+                no, payload_json(batch.slice(no - first, 1).to_pylist()[0]), "InvalidText", why
+            )
+            for no, why in marked.items()
+        ]
+        others = [d for d in shaped.rejected if d.record_no not in marked]
+        return ShapedChunk(
+            kept, [shaped.record_nos[i] for i in keep], sorted_letters([*others, *letters])
+        )
 
     def _shape(self, first: int, batch: Any) -> ShapedChunk:
         pa = self._pa
@@ -223,7 +288,22 @@ class ArrowShaper:
             if name in cast:
                 for i, why in self._constraint_violations(name, cast[name]):
                     bad.setdefault(i, f"{name}: {why}")
+                for i, why in self._lossy(name, cast[name]):
+                    bad.setdefault(i, why)
         return cast, bad
+
+    def _lossy(self, name: str, column: Any) -> list[tuple[int, str]]:
+        """Rows whose value the column would store changed (the plan's check, column-wise)."""
+        check = self._plan.for_column(name)
+        mask = check.arrow_mask(self._pc, column) if check is not None else None
+        if check is None or mask is None:
+            return []
+        found: list[tuple[int, str]] = []
+        for i in self._indices(mask):
+            why = check.reason(column[i].as_py())
+            if why is not None:
+                found.append((i, _LossyReason(why)))
+        return found
 
     def _constraint_violations(self, name: str, column: Any) -> list[tuple[int, str]]:
         """Rows breaking the field's bounds, lengths or Literal values (nulls are not)."""
@@ -264,6 +344,8 @@ class ArrowShaper:
                 f"requires (it has {sorted(names)}); rename or add the column"
             )
         for name in self._columns:
+            if name in names:
+                self._refuse_lossy(name, batch.schema.field(name).type)
             if name in names and not _accepts(
                 self._pa, self._types[name], batch.schema.field(name).type
             ):
@@ -272,6 +354,26 @@ class ArrowShaper:
                     f"cannot hold the model's type for it (target {self._types[name]}); convert "
                     "the column (e.g. pandas astype / polars cast) before returning it"
                 )
+
+    def _refuse_lossy(self, name: str, source: Any) -> None:
+        """A frame column whose Arrow type the table's column would change (a naive
+        timestamp column into ``timestamptz``, float64 into ``real``): every value of it
+        would, so it is refused before the batch is written, like a model field."""
+        col = self._column_types[name]
+        kind = columnar_kind(self._kinds[name], arrow_kind(self._pa, source), col)
+        rule = verdict(kind, col)
+        if rule.verdict is Verdict.REFUSED:
+            raise ConfigurationError(
+                refusal(
+                    name,
+                    f"the DataFrame's column {name!r} is {source} ({kind})",
+                    col,
+                    rule,
+                    self._table_sql,
+                    "convert the column before returning it (pandas tz_localize / "
+                    "tz_convert(None), astype; polars dt.replace_time_zone, cast)",
+                )
+            )
 
     def _default_column(self, name: str, n: int) -> Any:
         """An optional field the frame does not carry: its model default, as pydantic fills it."""
@@ -322,6 +424,8 @@ class ArrowShaper:
 
     def _letter(self, first: int, batch: Any, i: int, reason: str) -> DeadLetter:
         record = batch.slice(i, 1).to_pylist()[0]
+        if isinstance(reason, _LossyReason):  # pydantic accepts it: the column would change it
+            return DeadLetter(first + i, payload_json(record), "LossyConversion", str(reason))
         if self._adapter is not None:
             try:
                 self._adapter.validate_python(record)

@@ -19,6 +19,7 @@ import asyncpg.exceptions as pgexc
 from asyncpg.exceptions import _base as pgbase
 
 __all__ = [
+    "ENCODE_ERRORS",
     "CircuitBreakerOpenError",
     "ConfigurationError",
     "EtlError",
@@ -43,6 +44,13 @@ _RETRYABLE_SQLSTATES = frozenset(
 _FATAL_SQLSTATES = frozenset({"57P04"})
 # Data exceptions and integrity violations: caused by a record's values.
 _RECORD_SQLSTATE_CLASSES = frozenset({"22", "23"})
+
+
+# What asyncpg's encoders raise for a value they cannot encode into its column during a
+# COPY (a query's arguments get them wrapped as DataError; COPY's rows do not): a lone
+# surrogate (UnicodeEncodeError), an int out of the column's range (OverflowError), a
+# value of another type (TypeError). Caught around the COPY only, they are record errors.
+ENCODE_ERRORS: tuple[type[Exception], ...] = (ValueError, TypeError, ArithmeticError)
 
 
 class EtlError(Exception):

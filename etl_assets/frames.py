@@ -21,11 +21,13 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from etl_assets.errors import ConfigurationError
+from etl_assets.postgres.conversions import invalid_text
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
 __all__ = [
+    "INVALID_TEXT_COLUMN",
     "RecordSource",
     "arrow_batches",
     "classify_output",
@@ -46,6 +48,9 @@ _NOT_RECORDS = {
     "pyarrow": ("Array", "ChunkedArray"),
     "numpy": ("ndarray",),
 }
+
+INVALID_TEXT_COLUMN = "__etl_assets_invalid_text__"
+"""Added to a frame whose text Arrow cannot hold: the reason per row, null for good rows."""
 
 RecordSource = Iterable[Any]
 """Records or columnar chunks, as an asset returned them for one partition."""
@@ -202,6 +207,8 @@ def _from_pandas(pa: Any, frame: Any) -> pa.Table:
     """pandas to Arrow, or a refusal naming the column Arrow cannot type (mixed objects)."""
     try:
         return pa.Table.from_pandas(frame, preserve_index=False)
+    except UnicodeEncodeError:  # a lone surrogate: the rows, not the frame, are bad
+        return _from_pandas(pa, _invalid_text_marked(frame))
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         culprit = "a column"
         for name in frame.columns:
@@ -215,6 +222,35 @@ def _from_pandas(pa: Any, frame: Any) -> pa.Table:
             f"type ({str(exc).splitlines()[0]}); convert it (astype) or return the rows as "
             "records (df.to_dict('records')) so bad values are dead-lettered one by one"
         ) from None
+
+
+def _invalid_text_marked(frame: Any) -> Any:
+    """A copy of ``frame`` whose invalid text is escaped and its rows marked for dead letters.
+
+    Text that is not valid Unicode (a lone surrogate, as ``surrogateescape`` decodes
+    undecodable bytes) cannot become Arrow, which made one bad string fail the whole
+    partition. Such a value is replaced by its escaped form (``a\\udc80b``), readable
+    in the dead letter's payload, and the row gets the reason in
+    :data:`INVALID_TEXT_COLUMN`: the shaper dead-letters it, so the escaped text is
+    never stored. Only a frame that failed to convert pays for this scan.
+    """
+    frame = frame.copy(deep=False)
+    reasons: list[str | None] = [None] * len(frame)
+    for name in frame.columns:
+        if frame[name].dtype.kind != "O" and str(frame[name].dtype) != "string":
+            continue
+        values = list(frame[name])
+        changed = False
+        for i, value in enumerate(values):
+            why = invalid_text([str(name)], [value])
+            if why is not None:
+                reasons[i] = reasons[i] or why
+                values[i] = value.encode("utf-8", "backslashreplace").decode("utf-8")
+                changed = True
+        if changed:
+            frame[name] = values
+    frame[INVALID_TEXT_COLUMN] = reasons
+    return frame
 
 
 def _as_table(pa: Any, frame: Any) -> pa.Table:

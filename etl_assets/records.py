@@ -19,6 +19,7 @@ import pydantic
 import pydantic_core
 
 from etl_assets import collector
+from etl_assets.postgres.conversions import ValueCheck
 
 __all__ = ["DeadLetter", "RecordShaper", "ShapedChunk", "payload_json"]
 
@@ -133,10 +134,17 @@ class RecordShaper:
         model: type[pydantic.BaseModel] | None = None,
         *,
         partition_from_table: bool = False,
+        checks: Sequence[ValueCheck] = (),
     ) -> None:
         """``partition_from_table``: rows hold the data columns only, because the table
         they are copied into fills the partition column itself (a ``DEFAULT`` of the
-        day): no tuple is rebuilt per row and COPY encodes one value less per row."""
+        day): no tuple is rebuilt per row and COPY encodes one value less per row.
+
+        ``checks``: the per-value checks of the load's conversion plan
+        (:mod:`etl_assets.postgres.conversions`); a value its column would store changed
+        is dead-lettered as ``LossyConversion``. Only the columns that need one are
+        looked at: an exact pair costs nothing.
+        """
         if partition_column in data_columns:
             raise ValueError(f"{partition_column!r} is the partition column, not a data column")
         self.columns = (*data_columns, partition_column)
@@ -153,6 +161,11 @@ class RecordShaper:
             else None
         )
         self._by_attr = _tuple_getter(operator.attrgetter, tuple(data_columns))
+        self._checks = [
+            (operator.itemgetter(data_columns.index(c.column)), c)
+            for c in checks
+            if c.column in data_columns
+        ]
         self._by_item = _tuple_getter(operator.itemgetter, tuple(data_columns))
 
     def shape(self, first_record_no: int, records: Sequence[Any]) -> ShapedChunk:
@@ -167,7 +180,8 @@ class RecordShaper:
         a batch allocates tens of thousands of objects that all survive it.
         """
         with collector.paused():
-            return self._shape(first_record_no, records)
+            chunk = self._shape(first_record_no, records)
+            return self._checked(chunk, first_record_no, records) if self._checks else chunk
 
     def _shape(self, first_record_no: int, records: Sequence[Any]) -> ShapedChunk:
         items: Sequence[Any] = records
@@ -185,6 +199,34 @@ class RecordShaper:
             return ShapedChunk(rows, list(record_nos), rejected)
         slow = self._shape_one_by_one(items, record_nos)
         return ShapedChunk(slow.rows, slow.record_nos, sorted_letters([*rejected, *slow.rejected]))
+
+    def _checked(self, chunk: ShapedChunk, first: int, records: Sequence[Any]) -> ShapedChunk:
+        """``chunk`` without the rows holding a value its column would store changed."""
+        lossy: dict[int, str] = {}
+        for value_of, check in self._checks:
+            reasons = list(map(check.problem, map(value_of, chunk.rows)))
+            if reasons.count(None) == len(reasons):
+                continue
+            for i, why in enumerate(reasons):
+                if why is not None and i not in lossy:
+                    lossy[i] = f"{check.column}: {why}"
+        if not lossy:
+            return chunk
+        letters = [
+            DeadLetter(
+                chunk.record_nos[i],
+                payload_json(records[chunk.record_nos[i] - first]),
+                "LossyConversion",
+                why,
+            )
+            for i, why in lossy.items()
+        ]
+        keep = [i for i in range(len(chunk.rows)) if i not in lossy]
+        return ShapedChunk(
+            [chunk.rows[i] for i in keep],
+            [chunk.record_nos[i] for i in keep],
+            sorted_letters([*chunk.rejected, *letters]),
+        )
 
     def _with_day(self, values: Iterable[Row]) -> list[Row]:
         if not self._day_suffix:  # the table fills the partition column

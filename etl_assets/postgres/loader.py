@@ -28,6 +28,7 @@ from etl_assets.arrow_shaper import ArrowShaper
 from etl_assets.breaker import DEFAULT_CONFIDENCE, reject_share_exceeded
 from etl_assets.errors import CircuitBreakerOpenError, ConfigurationError, EtlError, FatalError
 from etl_assets.postgres.arrow_copy import ArrowRows, column_types
+from etl_assets.postgres.conversions import ConversionPlan, conversion_plan
 from etl_assets.postgres.housekeeping import abandon_dead_loads, load_lock
 from etl_assets.postgres.key_digest import KeyDigester
 from etl_assets.postgres.ledger import DDL_LOCK, Ledger, LoadKey, LoadStatus, PartitionTotals
@@ -241,7 +242,9 @@ async def _locked_load(
 ) -> LoadReport:
     started = time.perf_counter()
     publisher = StagedPublisher(target, ledger, day, key.load_id)
-    kind, types = await _prepare(pool, ledger, target, publisher, key, settings.retry, log)
+    kind, types, plan = await _prepare(
+        pool, ledger, target, publisher, key, model, settings.retry, log
+    )
     writer = BatchWriter(
         pool,
         target,
@@ -254,7 +257,7 @@ async def _locked_load(
         partition_default=day,  # the staging table's DEFAULT: row tuples leave it out
         keys=KeyDigester.for_target(target, types) if settings.key_digest else None,
     )
-    chunks, shaper = _chunks_and_shaper(records, target, day, model, types, settings)
+    chunks, shaper = _chunks_and_shaper(records, target, day, model, types, plan, settings)
     progress = _Progress()
     try:
         await _pipeline(chunks, shaper, writer, target, day, settings, progress, log, key, started)
@@ -306,6 +309,7 @@ def _chunks_and_shaper(
     day: dt.date,
     model: type[pydantic.BaseModel] | None,
     column_types: dict[str, str],
+    plan: ConversionPlan,
     settings: LoadSettings,
 ) -> tuple[Iterator[Sized], Shaper]:
     """Bounded chunks of the source, and what validates them: columnar or record by record."""
@@ -317,12 +321,19 @@ def _chunks_and_shaper(
             day,
             model,
             partition_from_table=True,
+            plan=plan,
+            table_sql=target.sql_name,
         )
         return frames.arrow_batches(records, settings.batch_size), shaper
     iterator = iter(records)
     chunks = iter(lambda: list(itertools.islice(iterator, settings.batch_size)), [])
     shaper = RecordShaper(
-        target.data_columns, target.partition_column, day, model, partition_from_table=True
+        target.data_columns,
+        target.partition_column,
+        day,
+        model,
+        partition_from_table=True,
+        checks=plan.checks,
     )
     return chunks, shaper
 
@@ -333,17 +344,22 @@ async def _prepare(
     target: TableTarget,
     publisher: StagedPublisher,
     key: LoadKey,
+    model: type[pydantic.BaseModel] | None,
     retry: RetryPolicy,
     log: Log,
-) -> tuple[TargetKind, dict[str, str]]:
+) -> tuple[TargetKind, dict[str, str], ConversionPlan]:
     """DDL (idempotent, serialized), dead loads of the partition cleaned up, and the
     load's ``loading`` row; safe to retry.
 
     Also reads the staging table's column types: a columnar load casts to what the
-    table really holds, which may predate the model.
+    table really holds, which may predate the model; and each model field is judged
+    against its column's real type (``etl_assets.postgres.conversions``): a pair that
+    would change values is refused here, before the load is recorded or a row moves.
     """
 
-    async def prepare(conn: asyncpg.Connection) -> tuple[TargetKind, dict[str, str]]:
+    async def prepare(
+        conn: asyncpg.Connection,
+    ) -> tuple[TargetKind, dict[str, str], ConversionPlan]:
         await ledger.ensure(conn)
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", DDL_LOCK)
@@ -361,8 +377,10 @@ async def _prepare(
             ):  # fmt: skip
                 log.warning("%s: abandoned dead load %r (%s)", key, dead.key.load_id, dead.status)
             await publisher.prepare(conn)
+            types = await column_types(conn, *publisher.staging)
+            plan = conversion_plan(model, types, target.data_columns, target.sql_name)
             await ledger.begin_load(conn, key, target.mode.value, publisher.staging_table)
-            return kind, await column_types(conn, *publisher.staging)
+            return kind, types, plan
 
     return await with_retries(pool, retry, prepare)
 

@@ -37,6 +37,7 @@ import pydantic
 
 from etl_assets.errors import ConfigurationError, FatalError, LoadIntegrityError
 from etl_assets.postgres.arrow_copy import column_types
+from etl_assets.postgres.conversions import conversion_plan
 from etl_assets.postgres.housekeeping import load_lock
 from etl_assets.postgres.key_digest import KeyDigester
 from etl_assets.postgres.ledger import REPLAY_MODE, Ledger, LoadKey, LoadStatus
@@ -111,9 +112,12 @@ async def replay_dead_letters(
             upsert=target.mode is WriteMode.UPSERT,
             keys=KeyDigester.for_target(target, types) if settings.key_digest else None,
         )
-        shaper = RecordShaper(target.data_columns, target.partition_column, day, model)
         totals = [0, 0, 0, 0]  # replayed, written, failed again, batches
         try:
+            plan = conversion_plan(model, types, target.data_columns, target.sql_name)
+            shaper = RecordShaper(
+                target.data_columns, target.partition_column, day, model, checks=plan.checks
+            )
             after = 0
             while page := await _page(pool, ledger, base, only, after, settings):
                 ids = [row["id"] for row in page]

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import asyncpg
 
 from etl_assets.errors import (
+    ENCODE_ERRORS,
     CircuitBreakerOpenError,
     FatalError,
     LoadIntegrityError,
@@ -34,6 +35,7 @@ from etl_assets.errors import (
     classify,
 )
 from etl_assets.postgres.arrow_copy import ArrowRows, copy_arrow
+from etl_assets.postgres.conversions import invalid_text
 from etl_assets.postgres.key_digest import KeyCells, KeyDigester, refused_rows
 from etl_assets.postgres.ledger import BatchLedgerRow, Ledger, LoadKey
 from etl_assets.postgres.retry import DRIVER_ERRORS, RetryPolicy, call_with_retries, connection
@@ -343,6 +345,10 @@ class BatchWriter:
         try:
             async with conn.transaction():
                 return await self._write_rows(conn, rows)
+        except ENCODE_ERRORS as exc:  # a value the driver could not encode: no line number
+            message = f"value cannot be encoded: {type(exc).__name__}: {exc}"
+            readable = message.encode("utf-8", "backslashreplace").decode("utf-8")
+            return RecordError(no_nul(readable)), type(exc).__name__, None
         except DRIVER_ERRORS as exc:
             error = classify(exc)
             if not isinstance(error, RecordError):
@@ -390,11 +396,14 @@ class BatchWriter:
         return (*rows[index], self._partition_default)
 
     def _poison(self, record_no: int, row: Row, error: RecordError, cause: str) -> DeadLetter:
+        message = str(error)
+        if cause == "UnicodeEncodeError":  # name the column, keep the text readable
+            message = invalid_text(self._columns, row) or message
         return DeadLetter(
             record_no=record_no,
             payload=payload_json(dict(zip(self._columns, row, strict=True))),
             error_class=cause,
-            error_message=no_nul(str(error)),
+            error_message=no_nul(message),
             sqlstate=error.sqlstate,
             detail=no_nul(error.detail) if error.detail else None,
         )
