@@ -204,7 +204,10 @@ class RecordShaper:
         """``chunk`` without the rows holding a value its column would store changed."""
         lossy: dict[int, str] = {}
         for value_of, check in self._checks:
-            reasons = list(map(check.problem, map(value_of, chunk.rows)))
+            values = list(map(value_of, chunk.rows))
+            if check.all_exact(values):
+                continue
+            reasons = list(map(check.problem, values))
             if reasons.count(None) == len(reasons):
                 continue
             for i, why in enumerate(reasons):

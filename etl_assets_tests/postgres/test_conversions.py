@@ -219,3 +219,33 @@ def test_invalid_text_names_the_column_and_escapes_the_code_point() -> None:
     assert why is not None
     assert why.startswith("name: text is not valid Unicode (\\udc80 at position 1")
     assert invalid_text(["id", "name"], [1, "ok"]) is None
+
+
+AWARE = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+ALL_EXACT_CASES = [
+    ("bigint", [1, 2, 3], True),
+    ("bigint", [1, 2**63], False),  # out of range: the per-value check names it
+    ("bigint", [1, 2.5], False),
+    ("bigint", [1, None], False),  # value by value (None is fine there)
+    ("smallint", [1, 40_000], False),
+    ("double precision", [1.5, None], True),
+    ("double precision", [1.5, 2**60 + 1], False),
+    ("timestamp with time zone", [AWARE], True),
+    (
+        "timestamp with time zone",
+        [dt.datetime(2024, 1, 1, tzinfo=dt.UTC), dt.datetime(2024, 1, 1)],
+        False,
+    ),
+]
+
+
+@pytest.mark.parametrize(("spelling", "values", "exact"), ALL_EXACT_CASES)
+def test_all_exact_passes_a_clean_column_at_once_and_never_a_lossy_one(
+    spelling: str, values: list[object], exact: bool
+) -> None:
+    """The C-level column pass accepts only columns whose every value is stored as it is."""
+    check = value_check(FieldKind.ANY, "c", column_type(spelling))
+    assert check is not None
+    assert check.all_exact(values) is exact
+    if not exact:
+        assert any(check.problem(v) for v in values) or None in values
