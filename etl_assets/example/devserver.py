@@ -94,6 +94,10 @@ def _ensure_sample_landing() -> None:
             present[0],
             present[-1],
         )
+        print(
+            f"etl-assets-dev: {len(present)} landed day(s); in the Materialize dialog, "
+            f"select [{present[0]}...{present[-1]}]"
+        )
 
 
 def _announce(env_file: Path) -> None:
