@@ -165,3 +165,35 @@ def published(dsn: str) -> list[str]:
     except Exception:  # noqa: BLE001  # the ledger does not exist before the first load
         return []
     return [r[0] for r in rows]
+
+
+def test_reexecuting_a_failed_range_run_loads_only_the_failed_day(
+    db_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Re-execute from failure: the days the failed run published are kept, not reloaded."""
+    from etl_assets_tests.dagster.range_location import FLAKY_DAY_ENV, flaky_job
+
+    monkeypatch.setenv("ETL_ASSETS_PG_DSN", db_dsn)
+    monkeypatch.setenv(FLAKY_DAY_ENV, DAYS[2])
+    job = dg.reconstructable(flaky_job)
+    with dg.instance_for_test() as instance:
+        with dg.execute_job(job, instance, tags=RANGE) as first:
+            assert not first.success
+        monkeypatch.delenv(FLAKY_DAY_ENV)  # the source is fixed
+        options = dg.ReexecutionOptions.from_failure(first.run_id, instance)
+        # the UI's re-execution copies the run's tags, its partition range among them
+        with dg.execute_job(job, instance, tags=RANGE, reexecution_options=options) as second:
+            assert second.success
+        written = dagster_written(instance, dg.AssetKey("flaky_visits"))
+
+    loads = asyncio.run(
+        fetch(
+            db_dsn,
+            "SELECT partition_key, array_agg(status) FROM etl.partition_loads "
+            "WHERE target = 'public.flaky_visits' GROUP BY 1",
+        )
+    )
+    assert dict(loads) == {d: ["published"] for d in DAYS}  # one load each: none twice
+    expected = {d: int(d[-2:]) * 10 for d in DAYS}
+    assert table_counts(db_dsn, "flaky_visits") == expected
+    assert written == expected
