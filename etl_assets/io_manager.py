@@ -163,12 +163,12 @@ class ResilientPostgresIOManager(dg.ConfigurableIOManager):
                         await _load_one(pool, spec, key, records, run, settings, context.log, owner)
                     )
                 except Exception as exc:  # kept: the step fails naming it, after the rest
-                    if stops_the_run(exc):
+                    if stops_the_run(exc) or len(partitions) == 1:
                         raise
                     context.log.exception(f"{owner} partition {key} failed")
                     outcomes.failures.append(PartitionFailure(key, exc))
 
-        try:
+        try:  # a run of one partition fails with that partition's own error, as it is
             self.postgres.run(load_all)
         except BaseException:
             yield from _published_events(context, outcomes.reports)  # then the error goes on
