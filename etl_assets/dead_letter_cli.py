@@ -9,8 +9,9 @@
 The server is ``$ETL_ASSETS_PG_DSN`` (else the embedded one of ``$ETL_ASSETS_HOME``); the
 assets come from a Dagster code location module (``-m``, default the example's). Every
 write goes through the same ledgered replay as the ``replay_dead_letters`` job. Exit
-code 0 on success (letters that failed again are reported, and stay open), 1 when the
-run failed, 2 for a usage or configuration mistake.
+code 0 on success, 1 when the run failed or a replayed letter failed again (it stays
+open, with its new error), 2 for a usage or configuration mistake; 141 when the reader
+of its output went away (``| head``), quietly.
 """
 
 from __future__ import annotations
@@ -49,10 +50,20 @@ EXCERPT = 100
 T = TypeVar("T")
 
 
+SIGPIPE_EXIT = 128 + 13  # what a shell reports for a writer whose reader went away
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return int(args.command(args))
+        code = int(args.command(args))
+        sys.stdout.flush()  # a closed pipe is met here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:
+        # `... list | head`: the reader is gone; stop quietly, as Unix tools do, and keep
+        # the interpreter's final flush of stdout from raising again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return SIGPIPE_EXIT
     except ConfigurationError as exc:
         print(f"etl-assets-dead-letters: {exc}", file=sys.stderr)
         return 2
@@ -187,6 +198,13 @@ def _replay(args: argparse.Namespace) -> int:
         f"{report.written} written, {report.dead_lettered} failed again (still open) "
         f"[{report.load_id}]"
     )
+    if report.dead_lettered:
+        print(
+            f"{report.dead_lettered} letter(s) failed again and stay open: see `list` for "
+            "their new errors",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

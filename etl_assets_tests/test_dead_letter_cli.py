@@ -1,7 +1,13 @@
-"""The dead-letter CLI's answers to user mistakes: a message and exit code 2, no traceback."""
+"""The dead-letter CLI's answers: a message and exit code 2 for user mistakes, no traceback;
+exit 1 when letters failed again; quiet on a closed pipe."""
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,3 +56,53 @@ def test_a_broken_fixes_file_names_its_line(tmp_path: Path, text: str, message: 
 def test_a_missing_fixes_file_is_a_configuration_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="cannot read the corrections file"):
         read_corrections(tmp_path / "missing.jsonl")
+
+
+def test_a_closed_pipe_ends_the_cli_quietly(db_dsn: str) -> None:
+    """`... list | head`: exit 141 like any Unix tool, no BrokenPipeError traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line
+    try:
+        done = subprocess.run(
+            [str(Path(sys.executable).with_name("etl-assets-dead-letters")), "list", "raw_logs",
+             "2024-01-02"],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120, check=False,
+            env={**os.environ, "ETL_ASSETS_PG_DSN": db_dsn},
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (141, "")
+
+
+def test_a_replay_whose_letters_fail_again_exits_1(
+    db_dsn: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The three malformed lines of a day, replayed unfixed: reported, still open, exit 1."""
+    from etl_assets.example.landing import write_sample_day
+    from etl_assets.example.logs import LOGS
+    from etl_assets.postgres.loader import load_partition
+    from etl_assets.postgres.resource import PostgresResource
+
+    day = dt.date(2024, 1, 2)
+    landing = tmp_path / "landing"
+    write_sample_day(landing, day, 200)
+
+    async def load() -> None:
+        from etl_assets.example.landing import read_landing_day
+
+        async with PostgresResource(dsn=db_dsn).pool() as pool:
+            await load_partition(
+                pool, LOGS.target(), day, read_landing_day(landing, day), load_id="cli-1",
+                model=LOGS.model,
+            )  # fmt: skip
+
+    asyncio.run(load())
+    monkeypatch.setenv("ETL_ASSETS_PG_DSN", db_dsn)
+
+    assert main(["replay", "raw_logs", day.isoformat()]) == 1
+    out, err = capsys.readouterr()
+    assert "replayed 3 dead letter(s): 0 written, 3 failed again (still open)" in out
+    assert err.startswith("3 letter(s) failed again and stay open")
