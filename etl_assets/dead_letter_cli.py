@@ -58,7 +58,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code = int(args.command(args))
         sys.stdout.flush()  # a closed pipe is met here, not in the interpreter's exit
-        return code
     except BrokenPipeError:
         # `... list | head`: the reader is gone; stop quietly, as Unix tools do, and keep
         # the interpreter's final flush of stdout from raising again.
@@ -70,6 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EtlError as exc:
         print(f"etl-assets-dead-letters: failed: {exc}", file=sys.stderr)
         return 1
+    return code
 
 
 def _parser() -> argparse.ArgumentParser:

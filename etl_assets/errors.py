@@ -27,6 +27,7 @@ __all__ = [
     "LoadIntegrityError",
     "RecordError",
     "RetryableError",
+    "StatementTimeoutError",
     "classify",
 ]
 
@@ -93,6 +94,10 @@ class CircuitBreakerOpenError(FatalError):
 
 class LoadIntegrityError(FatalError):
     """An audit found the numbers do not add up; nothing was published."""
+
+
+class StatementTimeoutError(FatalError):
+    """A statement ran into the session's ``statement_timeout``: retrying repeats it."""
 
 
 def classify(exc: BaseException) -> EtlError:

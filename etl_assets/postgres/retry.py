@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
@@ -11,7 +12,8 @@ import asyncpg
 import stamina
 from asyncpg.exceptions import _base as pgbase
 
-from etl_assets.errors import RetryableError, classify
+from etl_assets.errors import RetryableError, StatementTimeoutError, classify
+from etl_assets.postgres.sql import quote_ident
 
 __all__ = [
     "DRIVER_ERRORS",
@@ -20,6 +22,7 @@ __all__ = [
     "connection",
     "discard",
     "retrying",
+    "timed_out",
     "call_with_retries",
     "with_retries",
 ]
@@ -123,14 +126,48 @@ async def connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
     """A pooled connection that is terminated, not handed back, after a driver error.
 
     A connection that saw its backend die or its protocol state break must not serve
-    the next attempt; the pool opens a fresh one instead.
+    the next attempt; the pool opens a fresh one instead. A statement cancelled by the
+    session's ``statement_timeout`` is not transient: see :func:`timed_out`.
     """
     async with pool.acquire() as conn:
+        started = time.monotonic()
         try:
             yield conn
+        except asyncpg.QueryCanceledError as exc:
+            timeout = await timed_out(conn, time.monotonic() - started)
+            if timeout is not None:
+                raise timeout from exc
+            discard(conn)
+            raise
         except DRIVER_ERRORS:
             discard(conn)
             raise
+
+
+async def timed_out(conn: asyncpg.Connection, elapsed_s: float) -> StatementTimeoutError | None:
+    """The error to raise when a cancel (57014) was the session's ``statement_timeout``.
+
+    57014 is the same SQLSTATE for an operator's cancel and for a timeout, and the
+    message text is localized; what tells them apart is the setting itself: a timeout
+    is set and the work ran at least that long. A timeout would cancel every retry of
+    the same statement again, so it fails at once, naming the setting and the fix.
+    """
+    try:
+        setting_ms, role = await conn.fetchrow(
+            "SELECT setting::bigint, current_user FROM pg_settings WHERE name = 'statement_timeout'"
+        )
+    except DRIVER_ERRORS:  # the connection is unusable: not a timeout we can name
+        return None
+    if not setting_ms or elapsed_s * 1000 < setting_ms:
+        return None
+    return StatementTimeoutError(
+        f"a statement was cancelled by statement_timeout = {setting_ms} ms (in force for "
+        f"role {role!r}: set on the role, the database or the server, or in the DSN's "
+        "options); a retry would be cancelled again. Raise it for this role, e.g. "
+        f"ALTER ROLE {quote_ident(role)} SET statement_timeout = '10min', or load smaller "
+        "batches (batch_size)",
+        sqlstate="57014",
+    )
 
 
 def discard(conn: asyncpg.Connection) -> None:
