@@ -25,6 +25,7 @@ __all__ = [
     "EtlError",
     "FatalError",
     "LoadIntegrityError",
+    "PublishRefusedError",
     "RecordError",
     "RetryableError",
     "StatementTimeoutError",
@@ -94,6 +95,10 @@ class CircuitBreakerOpenError(FatalError):
 
 class LoadIntegrityError(FatalError):
     """An audit found the numbers do not add up; nothing was published."""
+
+
+class PublishRefusedError(FatalError):
+    """The server refused to make the staged partition visible; nothing was published."""
 
 
 class StatementTimeoutError(FatalError):

@@ -26,13 +26,26 @@ import pydantic
 from etl_assets import collector, frames
 from etl_assets.arrow_shaper import ArrowShaper
 from etl_assets.breaker import DEFAULT_CONFIDENCE, reject_share_exceeded
-from etl_assets.errors import CircuitBreakerOpenError, ConfigurationError, EtlError, FatalError
+from etl_assets.errors import (
+    CircuitBreakerOpenError,
+    ConfigurationError,
+    EtlError,
+    FatalError,
+    PublishRefusedError,
+    RecordError,
+)
 from etl_assets.postgres.arrow_copy import ArrowRows, column_types
 from etl_assets.postgres.conversions import ConversionPlan, conversion_plan
 from etl_assets.postgres.housekeeping import abandon_dead_loads, load_lock
 from etl_assets.postgres.key_digest import KeyDigester
 from etl_assets.postgres.ledger import DDL_LOCK, Ledger, LoadKey, LoadStatus, PartitionTotals
-from etl_assets.postgres.publish import StagedPublisher, TargetKind, audit, inspect_target
+from etl_assets.postgres.publish import (
+    StagedPublisher,
+    TargetKind,
+    audit,
+    inspect_target,
+    refuse_default_partition_rows,
+)
 from etl_assets.postgres.retry import RetryPolicy, with_retries
 from etl_assets.postgres.target import TableTarget, WriteMode
 from etl_assets.postgres.writer import BatchResult, BatchWriter, Log, PreparedBatch, batch_digest
@@ -365,6 +378,8 @@ async def _prepare(
             await conn.execute("SELECT pg_advisory_xact_lock($1)", DDL_LOCK)
             await conn.execute(target.create_table_sql())
             kind = await inspect_target(conn, target)
+            if kind is TargetKind.PARTITIONED and target.mode is WriteMode.REPLACE:
+                await refuse_default_partition_rows(conn, target, publisher.day)
             status = await ledger.status(conn, key)
             if status is not None and not status.resumable:
                 raise FatalError(
@@ -547,7 +562,16 @@ async def _finish(
         await publisher.publish(conn, kind, totals)
         return totals
 
-    return await with_retries(pool, settings.retry, finish)
+    try:
+        return await with_retries(pool, settings.retry, finish)
+    except RecordError as exc:  # class 22/23 at publish: no record to isolate any more
+        raise PublishRefusedError(
+            f"{key}: the server refused to publish the staged partition ({exc}); nothing "
+            "was published and the last good partition is untouched. The rows met a rule "
+            "of the target table (a constraint, a trigger, a foreign key) that staging "
+            "does not have: see the detail, fix the table or the data, and load again",
+            sqlstate=exc.sqlstate,
+        ) from exc
 
 
 MARK_FAILED_BUDGET_S = 30.0

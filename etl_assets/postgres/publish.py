@@ -42,7 +42,13 @@ from etl_assets.postgres.sql import (
 )
 from etl_assets.postgres.target import TableTarget, WriteMode
 
-__all__ = ["StagedPublisher", "TargetKind", "audit", "inspect_target"]
+__all__ = [
+    "StagedPublisher",
+    "TargetKind",
+    "audit",
+    "inspect_target",
+    "refuse_default_partition_rows",
+]
 
 
 class TargetKind(enum.Enum):
@@ -83,6 +89,36 @@ async def inspect_target(conn: asyncpg.Connection, target: TableTarget) -> Targe
         f"target {target.name} is partitioned, but not by RANGE ({target.partition_column}); "
         "replace mode needs one range partition per data date, or a plain table"
     )
+
+
+async def refuse_default_partition_rows(
+    conn: asyncpg.Connection, target: TableTarget, day: dt.date
+) -> None:
+    """Refuse at prepare, not at publish, a day whose rows a DEFAULT partition holds.
+
+    ATTACH of the day's partition must move nothing out of the DEFAULT partition: the
+    server rejects it (23514) when the DEFAULT holds rows of the day, after the load did
+    all its work. Found first, it is a message naming the partition and the fix.
+    """
+    default = await conn.fetchval(
+        """SELECT format('%I.%I', n.nspname, c.relname)
+           FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+           JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE i.inhparent = $1::regclass AND pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT'""",
+        target.sql_name,
+    )
+    if default is None:
+        return
+    day_column = quote_ident(target.partition_column)
+    held = await conn.fetchval(f"SELECT count(*) FROM {default} WHERE {day_column} = $1", day)
+    if held:
+        raise ConfigurationError(
+            f"the DEFAULT partition {default} of {target.name} holds {held} row(s) of "
+            f"{day.isoformat()}: the day's own partition cannot be attached while they are "
+            f"there (PostgreSQL refuses with 23514). Move them out first, e.g. "
+            f"DELETE FROM {default} WHERE {day_column} = {date_literal(day)} (after keeping "
+            "them elsewhere if they matter), then load the day again"
+        )
 
 
 async def _missing_columns(conn: asyncpg.Connection, target: TableTarget) -> list[str]:
