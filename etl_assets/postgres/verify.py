@@ -133,7 +133,14 @@ async def _count_rows(conn: asyncpg.Connection, target: TableTarget, day: dt.dat
 
 
 async def duplicate_keys(conn: asyncpg.Connection, target: TableTarget, day: dt.date) -> int:
-    """Keys that occur more than once in the partition (whole rows when there is no key)."""
+    """Keys that occur more than once in the partition (whole rows when there is no key).
+
+    A valid unique index over (a subset of) the key, whole-column, not partial, whose
+    columns cannot hold NULL (or that treats NULLs as equal) makes a duplicate
+    impossible: the server proved it at every write, so no scan is needed.
+    """
+    if target.primary_key and await unique_index_covers(conn, target):
+        return 0
     key = target.primary_key or target.row_columns
     count: int = await conn.fetchval(
         f"SELECT count(*) FROM (SELECT 1 FROM {target.sql_name} "
@@ -142,3 +149,23 @@ async def duplicate_keys(conn: asyncpg.Connection, target: TableTarget, day: dt.
         day,
     )
     return count
+
+
+async def unique_index_covers(conn: asyncpg.Connection, target: TableTarget) -> bool:
+    """True when the target has a valid unique index that rules out a repeated key."""
+    covered: bool = await conn.fetchval(
+        """SELECT EXISTS (
+               SELECT 1 FROM pg_index i
+               CROSS JOIN LATERAL (
+                   SELECT array_agg(a.attname::text) AS names, bool_and(a.attnotnull) AS not_null
+                   FROM pg_attribute a
+                   WHERE a.attrelid = i.indrelid
+                     AND a.attnum = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1])
+               ) AS k
+               WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indisvalid
+                 AND i.indpred IS NULL AND i.indexprs IS NULL
+                 AND k.names <@ $2::text[] AND (k.not_null OR i.indnullsnotdistinct))""",
+        target.sql_name,
+        list(target.primary_key),
+    )
+    return covered
