@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -31,9 +33,17 @@ Status = AssetCheckExecutionRecordStatus
 def workspace(
     db_dsn: str, landing: Landing, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[WorkspaceProcessContext]:
+    with daemon_workspace(db_dsn, landing[0], monkeypatch) as context:
+        yield context
+
+
+@contextlib.contextmanager
+def daemon_workspace(
+    db_dsn: str, landing: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[WorkspaceProcessContext]:
     """An instance whose runs execute in-process, and the daemon's view of the code."""
     monkeypatch.setenv("ETL_ASSETS_PG_DSN", db_dsn)
-    monkeypatch.setenv("ETL_ASSETS_LANDING", str(landing[0]))
+    monkeypatch.setenv("ETL_ASSETS_LANDING", str(landing))
     target = ModuleTarget(
         module_name="etl_assets_tests.dagster.backfill_location",
         attribute=None,

@@ -11,9 +11,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
-from dagster._core.test_utils import create_test_daemon_workspace_context
 from dagster._core.workspace.context import WorkspaceProcessContext
-from dagster._core.workspace.load_target import ModuleTarget
 
 from etl_assets.example.landing import write_sample_day
 from etl_assets_tests.dagster.test_backfill import (
@@ -21,9 +19,11 @@ from etl_assets_tests.dagster.test_backfill import (
     CHECK_NAMES,
     Status,
     check_statuses,
+    daemon_workspace,
     drive_backfill,
     run_asset_backfill,
 )
+from etl_assets_tests.dagster.test_one_truth import dagster_written, table_counts
 from etl_assets_tests.postgres.helpers import fetch
 
 FIRST = dt.date(2024, 5, 1)
@@ -45,40 +45,8 @@ def ten_day_landing(tmp_path: Path) -> Path:
 def workspace(
     db_dsn: str, ten_day_landing: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[WorkspaceProcessContext]:
-    monkeypatch.setenv("ETL_ASSETS_PG_DSN", db_dsn)
-    monkeypatch.setenv("ETL_ASSETS_LANDING", str(ten_day_landing))
-    target = ModuleTarget(
-        module_name="etl_assets_tests.dagster.backfill_location",
-        attribute=None,
-        working_directory=None,
-        location_name="etl_assets",
-    )
-    with (
-        dg.instance_for_test(
-            synchronous_run_coordinator=True, synchronous_run_launcher=True
-        ) as instance,
-        create_test_daemon_workspace_context(target, instance) as context,
-    ):
+    with daemon_workspace(db_dsn, ten_day_landing, monkeypatch) as context:
         yield context
-
-
-def dagster_written(instance: dg.DagsterInstance, asset: dg.AssetKey) -> dict[str, int]:
-    """partition -> ``written`` of its latest materialization, from Dagster's records."""
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=asset), limit=1_000, ascending=True
-    ).records
-    written: dict[str, int] = {}
-    for record in records:  # ascending: the latest wins
-        assert record.partition_key is not None
-        materialization = record.asset_materialization
-        assert materialization is not None
-        written[record.partition_key] = int(materialization.metadata["written"].value)  # type: ignore[arg-type]
-    return written
-
-
-def table_counts(dsn: str) -> dict[str, int]:
-    rows = asyncio.run(fetch(dsn, "SELECT data_date, count(*) FROM public.logs GROUP BY 1"))
-    return {day.isoformat(): n for day, n in rows}
 
 
 def retry_failed(context: WorkspaceProcessContext, failed: PartitionBackfill) -> PartitionBackfill:
@@ -121,8 +89,8 @@ def test_backfill_chunk_with_one_bad_day_materializes_and_checks_the_nine_others
     assert [r.status for r in chunk] == [dg.DagsterRunStatus.FAILURE]  # one chunk, failed
     # Dagster's records equal the table's, partition by partition
     assert instance.get_materialized_partitions(ASSETS[0]) == set(good)
-    assert dagster_written(instance, ASSETS[0]) == table_counts(db_dsn)
-    assert table_counts(db_dsn) == dict.fromkeys(good, LINES - 3)
+    assert dagster_written(instance, ASSETS[0]) == table_counts(db_dsn, "logs")
+    assert table_counts(db_dsn, "logs") == dict.fromkeys(good, LINES - 3)
     statuses = check_statuses(instance, ASSETS[0])
     assert {k: v for k, v in statuses.items() if k[1] != BAD.isoformat()} == {
         (name, key): (Status.SUCCEEDED, True) for name in CHECK_NAMES for key in good
@@ -155,7 +123,7 @@ def test_backfill_chunk_with_one_bad_day_materializes_and_checks_the_nine_others
     assert dict(loads) == {k: ["published"] for k in keys}
     assert instance.get_materialized_partitions(ASSETS[0]) == set(keys)
     assert instance.get_materialized_partitions(ASSETS[1]) == set(keys)
-    assert dagster_written(instance, ASSETS[0]) == table_counts(db_dsn)
+    assert dagster_written(instance, ASSETS[0]) == table_counts(db_dsn, "logs")
     assert check_statuses(instance, ASSETS[0])[("written_equals_enqueued", BAD.isoformat())] == (
         Status.SUCCEEDED,
         True,
