@@ -393,6 +393,30 @@ class Ledger(LedgerLayout):
         )
         return rows
 
+    async def unfinished_letters(
+        self, conn: asyncpg.Connection, target: str, partition_key: str, *, limit: int
+    ) -> list[asyncpg.Record]:
+        """The pending letters of the partition's loads that did not finish (failed, or
+        still loading), oldest load first, with ``load_id`` and ``load_status``.
+
+        Not replayable (their load never published), but they are where a failed load's
+        message points: they open if that load is resumed and publishes, and the
+        partition's next load supersedes them.
+        """
+        rows: list[asyncpg.Record] = await conn.fetch(
+            f"SELECT d.id, d.load_id, l.status AS load_status, d.error_class, "
+            f"d.error_message, d.replay_attempts, d.last_error_class, d.last_error_message "
+            f"FROM {self.dead_letters} AS d JOIN {self.loads} AS l "
+            f"ON l.target = d.target AND l.partition_key = d.partition_key "
+            f"AND l.load_id = d.load_id "
+            f"WHERE d.target = $1 AND d.partition_key = $2 AND d.status = 'pending' "
+            f"AND l.status IN ('loading', 'failed') ORDER BY l.started_at, d.id LIMIT $3",
+            target,
+            partition_key,
+            limit,
+        )
+        return rows
+
     async def claim_letters(
         self, conn: asyncpg.Connection, base: LoadKey, ids: Sequence[int]
     ) -> int:

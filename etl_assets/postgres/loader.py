@@ -549,7 +549,8 @@ def _check_breaker(progress: _Progress, settings: LoadSettings, key: LoadKey) ->
         f"({dead / handled:.1%}) were dead-lettered, above the {limit:.1%} limit: {why}. "
         "That is a systemic failure (source format, schema, server, or an object that is not "
         "a stream of records), not a few bad records; the partition was not published. "
-        f"See {settings.ledger_schema}.dead_letters for the errors."
+        f"See {settings.ledger_schema}.dead_letters for the errors (pending letters of load "
+        f"{key.load_id!r}: `etl-assets-dead-letters list` shows them)."
     )
 
 
