@@ -185,7 +185,7 @@ class Ledger(LedgerLayout):
         of_load = "WHERE target = $1 AND partition_key = $2 AND load_id = $3"
         count: int = await conn.fetchval(
             f"SELECT (SELECT count(*) FROM {self.dead_letters} {of_load}) "
-            f"+ (SELECT coalesce(sum(letters), 0) FROM {self.deleted_letters} {of_load})",
+            f"+ (SELECT coalesce(sum(letters), 0) FROM {self.deleted_letters} {of_load})::bigint",
             *key,
         )
         return count

@@ -223,6 +223,7 @@ def test_retention_of_replayed_and_discarded_letters_keeps_every_verdict(
             )  # fmt: skip
             first = await _verdicts(pg_dsn, target, schema)
             assert (first[0].problems, first[0].letters_replayed) == ((), 2)
+            assert {type(v) for v in first[0].metadata().values()} == {int, str}  # no Decimal
             assert await retain(pool) == 2
             assert await _verdicts(pg_dsn, target, schema) == first
 
