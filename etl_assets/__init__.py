@@ -25,7 +25,13 @@ from etl_assets.postgres.reader import PartitionStream
 from etl_assets.postgres.replay import ReplayFilter, ReplayReport, replay_dead_letters
 from etl_assets.postgres.resource import ConnectionFailedError, PostgresResource
 from etl_assets.postgres.retry import RetryPolicy
-from etl_assets.postgres.target import Column, TableTarget, WriteMode, columns_from_model
+from etl_assets.postgres.target import (
+    Column,
+    SchemaChange,
+    TableTarget,
+    WriteMode,
+    columns_from_model,
+)
 from etl_assets.spec import PostgresTable
 
 __all__ = [
@@ -53,6 +59,7 @@ __all__ = [
     "cleanup",
     "ReplayReport",
     # targets
+    "SchemaChange",
     "TableTarget",
     "Column",
     "WriteMode",

@@ -35,7 +35,7 @@ from etl_assets.postgres.key_audit import verify_keys
 from etl_assets.postgres.ledger import Ledger
 from etl_assets.postgres.resource import PostgresResource
 from etl_assets.postgres.target import TableTarget
-from etl_assets.postgres.verify import audit_partition, duplicate_keys
+from etl_assets.postgres.verify import audit_partition, duplicate_keys, missing_table
 from etl_assets.spec import PostgresTable
 
 __all__ = ["CheckPlan", "check_plans", "evaluate_partitions", "partition_checks", "plans_in_run"]
@@ -89,6 +89,8 @@ def check_plans(max_dead_letter_ratio: float = 0.01) -> list[CheckPlan]:
     async def rate(
         conn: asyncpg.Connection, ledger: Ledger, target: TableTarget, day: dt.date
     ) -> _Finding:
+        if missing := await missing_table(conn, target):
+            return _Finding(day.isoformat(), {}, [missing])
         audit = await audit_partition(conn, ledger, target, day, count_rows=False)
         ratio = audit.dead_letter_ratio
         numbers = {
@@ -209,6 +211,8 @@ async def _accounted(
 async def _unique(
     conn: asyncpg.Connection, ledger: Ledger, target: TableTarget, day: dt.date
 ) -> _Finding:
+    if missing := await missing_table(conn, target):
+        return _Finding(day.isoformat(), {}, [missing])
     repeated = await duplicate_keys(conn, target, day)
     key_name = ", ".join(target.primary_key) or "all columns"
     problems = [f"{repeated} key(s) ({key_name}) occur more than once"] if repeated else []

@@ -20,6 +20,7 @@ import argparse
 import datetime as dt
 import getpass
 import importlib
+import itertools
 import os
 import sys
 import uuid
@@ -151,16 +152,50 @@ async def _open_letters(
     return await with_retries(pool, RetryPolicy(), read)
 
 
+async def _unfinished_letters(
+    pool: asyncpg.Pool, ledger: Ledger, target: str, partition: str
+) -> list[asyncpg.Record]:
+    async def read(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+        await ledger.ensure(conn)
+        return await ledger.unfinished_letters(conn, target, partition, limit=1_000_000)
+
+    return await with_retries(pool, RetryPolicy(), read)
+
+
 def _list(args: argparse.Namespace) -> int:
+    """The open letters of the partition's current load, then the pending ones of loads
+    that failed (or still run): a failed load's "see etl.dead_letters" leads here."""
     target = _spec(args).target()
     ledger = Ledger(args.ledger_schema)
-    load_id, letters = _with_pool(
-        lambda pool: _open_letters(pool, ledger, target.name, args.partition)
-    )
-    if load_id is None:
+
+    async def read(pool: asyncpg.Pool) -> tuple[str | None, list[Any], list[Any]]:
+        load_id, letters = await _open_letters(pool, ledger, target.name, args.partition)
+        pending = await _unfinished_letters(pool, ledger, target.name, args.partition)
+        return load_id, letters, pending
+
+    load_id, letters, pending = _with_pool(read)
+    if load_id is None and not pending:
         print(f"{args.asset} {args.partition}: never loaded, no dead letters")
         return 0
-    print(f"{args.asset} {args.partition}: {len(letters)} open dead letter(s) (load {load_id})")
+    if load_id is None:
+        print(f"{args.asset} {args.partition}: never published, no open dead letters")
+    else:
+        print(f"{args.asset} {args.partition}: {len(letters)} open dead letter(s) (load {load_id})")
+        _print_letters(letters)
+    for (unfinished, status), rows in itertools.groupby(
+        pending, key=lambda r: (r["load_id"], r["load_status"])
+    ):
+        group = list(rows)
+        print(
+            f"{args.asset} {args.partition}: {len(group)} pending dead letter(s) of the "
+            f"{status} load {unfinished} (not replayable: they open if that load is resumed "
+            "and publishes; the partition's next load supersedes them)"
+        )
+        _print_letters(group)
+    return 0
+
+
+def _print_letters(letters: Sequence[asyncpg.Record]) -> None:
     for row in letters:
         error_class, error = latest_error(row)
         one_line = error.replace("\n", " ")
@@ -168,7 +203,6 @@ def _list(args: argparse.Namespace) -> int:
             f"  id {row['id']}  {error_class}  replays {row['replay_attempts']}  "
             f"{one_line[:EXCERPT]}"
         )
-    return 0
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -363,7 +363,7 @@ def _published_events(
 
 def load_report_metadata(report: LoadReport) -> dict[str, Any]:
     """The numbers of one partition's load, as materialization metadata."""
-    return {
+    metadata: dict[str, Any] = {
         "enqueued": report.enqueued,
         "written": report.written,
         "dead_lettered": report.dead_lettered,
@@ -378,3 +378,6 @@ def load_report_metadata(report: LoadReport) -> dict[str, Any]:
         "mode": report.mode,
         "dagster/row_count": report.written,
     }
+    if report.columns_added:  # on_schema_change="add_columns" evolved the table
+        metadata["columns_added"] = ", ".join(report.columns_added)
+    return metadata

@@ -17,7 +17,7 @@ from typing import Any
 import pydantic
 
 from etl_assets.errors import ConfigurationError
-from etl_assets.postgres.target import TableTarget, WriteMode, columns_from_model
+from etl_assets.postgres.target import SchemaChange, TableTarget, WriteMode, columns_from_model
 
 __all__ = ["METADATA_PREFIX", "PostgresTable"]
 
@@ -38,6 +38,9 @@ class PostgresTable:
         batch_size: records per transaction (None: the IO manager's default).
         max_dead_letter_ratio: the reject share this source may have before its load
             fails (the breaker, ``etl_assets.breaker``; None: the IO manager's default).
+        on_schema_change: ``refuse`` (default: a model field the table lacks is refused at
+            prepare, naming the ALTER TABLE) or ``add_columns`` (it is added as a nullable
+            column; older partitions read NULL). Other drift is always refused.
     """
 
     table: str
@@ -48,6 +51,7 @@ class PostgresTable:
     partition_column: str = "data_date"
     batch_size: int | None = None
     max_dead_letter_ratio: float | None = None
+    on_schema_change: SchemaChange = SchemaChange.REFUSE
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", _write_mode(self.mode, self.table))
@@ -65,7 +69,8 @@ class PostgresTable:
                 f"table {self.table!r}: model {self.model.__qualname__} is defined inside a "
                 "function; define it at module level so it can be imported by path"
             )
-        self.target()  # validates names, key and mode now, not at the first run
+        # Validates names, key, mode and on_schema_change now, not at the first run.
+        object.__setattr__(self, "on_schema_change", self.target().on_schema_change)
 
     @property
     def model_path(self) -> str:
@@ -79,6 +84,7 @@ class PostgresTable:
             partition_column=self.partition_column,
             mode=self.mode,
             primary_key=self.primary_key,
+            on_schema_change=self.on_schema_change,
         )
 
     def metadata(self) -> dict[str, Any]:
@@ -95,6 +101,8 @@ class PostgresTable:
             values["batch_size"] = self.batch_size
         if self.max_dead_letter_ratio is not None:
             values["max_dead_letter_ratio"] = self.max_dead_letter_ratio
+        if self.on_schema_change is not SchemaChange.REFUSE:
+            values["on_schema_change"] = self.on_schema_change.value
         return {METADATA_PREFIX + k: v for k, v in values.items()}
 
     @classmethod
@@ -122,6 +130,7 @@ class PostgresTable:
             partition_column=str(values.get("partition_column", "data_date")),
             batch_size=int(batch_size) if batch_size is not None else None,
             max_dead_letter_ratio=float(ratio) if ratio is not None else None,
+            on_schema_change=str(values.get("on_schema_change", "refuse")),  # type: ignore[arg-type]  # checked by __post_init__
         )
 
 

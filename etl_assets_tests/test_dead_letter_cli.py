@@ -1,5 +1,5 @@
 """The dead-letter CLI's answers: a message and exit code 2 for user mistakes, no traceback;
-exit 1 when letters failed again; quiet on a closed pipe."""
+exit 1 when letters failed again; quiet on a closed pipe; listings."""
 
 from __future__ import annotations
 
@@ -14,7 +14,10 @@ import pytest
 
 from etl_assets.dead_letter_cli import main
 from etl_assets.dead_letter_file import read_corrections
-from etl_assets.errors import ConfigurationError
+from etl_assets.errors import CircuitBreakerOpenError, ConfigurationError
+from etl_assets.example.sample_events import SAMPLE_EVENTS, SampleEvent
+from etl_assets.postgres.loader import load_partition
+from etl_assets.postgres.resource import PostgresResource
 
 
 def test_an_unknown_asset_names_the_replayable_ones(capsys: pytest.CaptureFixture[str]) -> None:
@@ -106,3 +109,31 @@ def test_a_replay_whose_letters_fail_again_exits_1(
     out, err = capsys.readouterr()
     assert "replayed 3 dead letter(s): 0 written, 3 failed again (still open)" in out
     assert err.startswith("3 letter(s) failed again and stay open")
+
+
+def test_list_shows_the_pending_letters_of_a_failed_load(
+    db_dsn: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A load whose 100 records were all dead-lettered failed; list names its 100 letters."""
+    day = dt.date(2024, 3, 1)
+    rows = ({"event_id": i, "kind": "view", "amount": "x"} for i in range(100))
+
+    async def failing_load() -> None:
+        async with PostgresResource(dsn=db_dsn).pool() as pool:
+            await load_partition(
+                pool, SAMPLE_EVENTS.target(), day, rows, load_id="run-1", model=SampleEvent
+            )
+
+    with pytest.raises(CircuitBreakerOpenError, match=r"See etl\.dead_letters"):
+        asyncio.run(failing_load())
+    monkeypatch.setenv("ETL_ASSETS_PG_DSN", db_dsn)
+    assert main(["list", "sample_events_table", "2024-03-01"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == [
+        "sample_events_table 2024-03-01: never published, no open dead letters",
+        "sample_events_table 2024-03-01: 100 pending dead letter(s) of the failed load run-1 "
+        "(not replayable: they open if that load is resumed and publishes; the partition's "
+        "next load supersedes them)",
+    ]
+    assert len(lines) == 102
+    assert all(" ValidationError  replays 0  amount: " in line for line in lines[2:])

@@ -1,6 +1,6 @@
 """The ledger: the one owner of the tables that prove where every record went.
 
-Four tables in the ledger schema (``etl`` by default):
+Five tables in the ledger schema (``etl`` by default):
 
 * ``load_ledger``: one row per committed batch, keyed (target, partition, load, batch).
   It commits in the same transaction as the batch's rows, so its unique key is what
@@ -11,6 +11,9 @@ Four tables in the ledger schema (``etl`` by default):
   (written by a replay), ``superseded`` (a later load of the partition published, or
   its load was abandoned) or ``discarded`` (by a person, who and why kept). A letter
   row is never deleted, except by an explicit retention setting, and only once resolved.
+* ``deleted_letters``: what a retention deleted, counted per (load, status) in the
+  deleting transaction, so a load's letters still add up to its ledger afterwards
+  (``dead_letter_rows`` and ``letter_counts`` count them).
 * ``partition_loads``: one row per (target, partition, load): where it stands
   (``LoadStatus``) and its audited totals; a replay names the load it replays into.
 * ``ledger_version``: the layout's version. ``Ledger.ensure`` creates the current
@@ -177,10 +180,12 @@ class Ledger(LedgerLayout):
         return PartitionTotals(*row)
 
     async def dead_letter_rows(self, conn: asyncpg.Connection, key: LoadKey) -> int:
-        """Letters recorded for the load, whatever became of them since."""
+        """Letters recorded for the load, whatever became of them since (a retention's
+        deleted ones by their tally)."""
+        of_load = "WHERE target = $1 AND partition_key = $2 AND load_id = $3"
         count: int = await conn.fetchval(
-            f"SELECT count(*) FROM {self.dead_letters} "
-            "WHERE target = $1 AND partition_key = $2 AND load_id = $3",
+            f"SELECT (SELECT count(*) FROM {self.dead_letters} {of_load}) "
+            f"+ (SELECT coalesce(sum(letters), 0) FROM {self.deleted_letters} {of_load})::bigint",
             *key,
         )
         return count
@@ -317,10 +322,15 @@ class Ledger(LedgerLayout):
     # --- the dead letters' life -------------------------------------------------------
 
     async def letter_counts(self, conn: asyncpg.Connection, key: LoadKey) -> dict[str, int]:
-        """The load's letters (and its replays') by status."""
+        """The load's letters (and its replays') by status, a retention's deleted ones
+        included (by their tally): deleting resolved letters changes no check's verdict."""
+        of_load = self._of_load_or_its_replays(1)
         rows = await conn.fetch(
-            f"SELECT d.status, count(*) FROM {self.dead_letters} AS d "
-            f"WHERE {self._of_load_or_its_replays(1)} GROUP BY 1",
+            f"SELECT status, sum(n)::bigint FROM ("
+            f"SELECT d.status, count(*) AS n FROM {self.dead_letters} AS d "
+            f"WHERE {of_load} GROUP BY 1 UNION ALL "
+            f"SELECT d.status, sum(d.letters) FROM {self.deleted_letters} AS d "
+            f"WHERE {of_load} GROUP BY 1) AS c GROUP BY 1",
             *key,
         )
         return {row[0]: row[1] for row in rows}
@@ -379,6 +389,30 @@ class Ledger(LedgerLayout):
             list(error_classes),
             list(ids),
             list(exclude_classes),
+            limit,
+        )
+        return rows
+
+    async def unfinished_letters(
+        self, conn: asyncpg.Connection, target: str, partition_key: str, *, limit: int
+    ) -> list[asyncpg.Record]:
+        """The pending letters of the partition's loads that did not finish (failed, or
+        still loading), oldest load first, with ``load_id`` and ``load_status``.
+
+        Not replayable (their load never published), but they are where a failed load's
+        message points: they open if that load is resumed and publishes, and the
+        partition's next load supersedes them.
+        """
+        rows: list[asyncpg.Record] = await conn.fetch(
+            f"SELECT d.id, d.load_id, l.status AS load_status, d.error_class, "
+            f"d.error_message, d.replay_attempts, d.last_error_class, d.last_error_message "
+            f"FROM {self.dead_letters} AS d JOIN {self.loads} AS l "
+            f"ON l.target = d.target AND l.partition_key = d.partition_key "
+            f"AND l.load_id = d.load_id "
+            f"WHERE d.target = $1 AND d.partition_key = $2 AND d.status = 'pending' "
+            f"AND l.status IN ('loading', 'failed') ORDER BY l.started_at, d.id LIMIT $3",
+            target,
+            partition_key,
             limit,
         )
         return rows
@@ -502,14 +536,27 @@ class Ledger(LedgerLayout):
         )
 
     async def apply_retention(self, conn: asyncpg.Connection, keep_days: int) -> int:
-        """Delete RESOLVED letters older than ``keep_days``; open ones are never deleted."""
-        status = await conn.execute(
-            f"DELETE FROM {self.dead_letters} "
+        """Delete RESOLVED letters older than ``keep_days``; open ones are never deleted.
+
+        One statement deletes them and adds them to ``deleted_letters`` per (load,
+        status): the accounting keeps every letter, the table only the recent ones.
+        """
+        deleted: int = await conn.fetchval(
+            f"WITH gone AS (DELETE FROM {self.dead_letters} "
             f"WHERE status IN ('replayed', 'superseded', 'discarded') "
-            f"AND resolved_at < clock_timestamp() - make_interval(days => $1)",
+            f"AND resolved_at < clock_timestamp() - make_interval(days => $1) "
+            f"RETURNING target, partition_key, load_id, status), "
+            f"tally AS (INSERT INTO {self.deleted_letters} "
+            f"(target, partition_key, load_id, status, letters) "
+            f"SELECT target, partition_key, load_id, status, count(*) FROM gone "
+            f"GROUP BY 1, 2, 3, 4 "
+            f"ON CONFLICT (target, partition_key, load_id, status) DO UPDATE "
+            f"SET letters = {self.deleted_letters}.letters + EXCLUDED.letters, "
+            f"last_deleted_at = clock_timestamp()) "
+            f"SELECT count(*) FROM gone",
             keep_days,
         )
-        return int(status.rsplit(" ", 1)[-1])
+        return deleted
 
     def lock_name(self, key: LoadKey) -> str:
         """What a running load's advisory lock is keyed by (hashed to 32 bits)."""

@@ -23,7 +23,7 @@ __all__ = [
     "LoadStatus",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DDL_LOCK = 0x65746C5F  # "etl_": serializes DDL of concurrent loads (CREATE IF NOT EXISTS races)
 REPLAY_MODE = "replay"
 
@@ -65,6 +65,7 @@ class LedgerLayout:
         self.ledger = qualified(schema, "load_ledger")
         self.dead_letters = qualified(schema, "dead_letters")
         self.loads = qualified(schema, "partition_loads")
+        self.deleted_letters = qualified(schema, "deleted_letters")
         self.version_table = qualified(schema, "ledger_version")
 
     async def ensure(self, conn: asyncpg.Connection) -> None:
@@ -84,12 +85,8 @@ class LedgerLayout:
             await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(self.schema)}")
             if version is None and await self._has_v1_layout(conn):
                 version = 1
-            if version == 1:
-                for statement in self._migrate_v1_to_v2():
-                    await conn.execute(statement)
-            else:
-                for statement in self._create_v2():
-                    await conn.execute(statement)
+            for statement in self._upgrade(version):
+                await conn.execute(statement)
             await conn.execute(
                 f"CREATE TABLE IF NOT EXISTS {self.version_table} "
                 "(version integer NOT NULL, migrated_at timestamptz NOT NULL)"
@@ -114,6 +111,34 @@ class LedgerLayout:
                 self.dead_letters,
             )
         )
+
+    def _upgrade(self, version: int | None) -> list[str]:
+        """The statements from layout ``version`` (None: no ledger yet) to the current one."""
+        if version is None:
+            return [*self._create_v2(), *self._migrate_v2_to_v3()]
+        steps = {1: self._migrate_v1_to_v2, 2: self._migrate_v2_to_v3}
+        return [statement for v in range(version, SCHEMA_VERSION) for statement in steps[v]()]
+
+    def _migrate_v2_to_v3(self) -> list[str]:
+        """v3 keeps the count of the letters a retention deleted, per load and status.
+
+        The checks compare a load's letters with its ledger: deleting resolved letters
+        must not change their verdict, so the deleting statement tallies what it deleted
+        here, in its own transaction (``Ledger.apply_retention``).
+        """
+        resolved = (LetterStatus.REPLAYED, LetterStatus.SUPERSEDED, LetterStatus.DISCARDED)
+        statuses = ", ".join(repr(s.value) for s in resolved)
+        return [
+            f"""CREATE TABLE IF NOT EXISTS {self.deleted_letters} (
+                target text NOT NULL,
+                partition_key text NOT NULL,
+                load_id text NOT NULL,
+                status text NOT NULL CHECK (status IN ({statuses})),
+                letters bigint NOT NULL CHECK (letters > 0),
+                last_deleted_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+                PRIMARY KEY (target, partition_key, load_id, status)
+            )"""
+        ]
 
     def _create_v2(self) -> list[str]:
         return [

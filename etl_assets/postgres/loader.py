@@ -47,6 +47,7 @@ from etl_assets.postgres.publish import (
     refuse_default_partition_rows,
 )
 from etl_assets.postgres.retry import RetryPolicy, with_retries
+from etl_assets.postgres.schema_drift import add_missing_columns
 from etl_assets.postgres.target import TableTarget, WriteMode
 from etl_assets.postgres.writer import BatchResult, BatchWriter, Log, PreparedBatch, batch_digest
 from etl_assets.records import (
@@ -119,6 +120,7 @@ class LoadReport:
     published: bool
     publish_s: float = 0.0  # audit + swap/merge, the part that makes it visible
     dead_letter_sample: tuple[int, ...] = ()
+    columns_added: tuple[str, ...] = ()  # on_schema_change="add_columns": added at prepare
 
 
 @dataclass(slots=True)
@@ -255,7 +257,7 @@ async def _locked_load(
 ) -> LoadReport:
     started = time.perf_counter()
     publisher = StagedPublisher(target, ledger, day, key.load_id)
-    kind, types, plan = await _prepare(
+    kind, types, plan, added = await _prepare(
         pool, ledger, target, publisher, key, model, settings.retry, log
     )
     writer = BatchWriter(
@@ -313,6 +315,7 @@ async def _locked_load(
         published=True,
         publish_s=publish_s,
         dead_letter_sample=tuple(progress.sample),
+        columns_added=added,
     )
 
 
@@ -360,23 +363,27 @@ async def _prepare(
     model: type[pydantic.BaseModel] | None,
     retry: RetryPolicy,
     log: Log,
-) -> tuple[TargetKind, dict[str, str], ConversionPlan]:
+) -> tuple[TargetKind, dict[str, str], ConversionPlan, tuple[str, ...]]:
     """DDL (idempotent, serialized), dead loads of the partition cleaned up, and the
     load's ``loading`` row; safe to retry.
 
-    Also reads the staging table's column types: a columnar load casts to what the
-    table really holds, which may predate the model; and each model field is judged
-    against its column's real type (``etl_assets.postgres.conversions``): a pair that
-    would change values is refused here, before the load is recorded or a row moves.
+    Schema drift is refused here, before a batch (``schema_drift``); with
+    ``add_columns``, the model's new fields become nullable columns first, in this
+    transaction (their names are returned). Also reads the staging table's column types:
+    a columnar load casts to what the table really holds, which may predate the model;
+    and each model field is judged against its column's real type
+    (``etl_assets.postgres.conversions``): a pair that would change values is refused
+    here, before the load is recorded or a row moves.
     """
 
     async def prepare(
         conn: asyncpg.Connection,
-    ) -> tuple[TargetKind, dict[str, str], ConversionPlan]:
+    ) -> tuple[TargetKind, dict[str, str], ConversionPlan, tuple[str, ...]]:
         await ledger.ensure(conn)
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", DDL_LOCK)
             await conn.execute(target.create_table_sql())
+            added = await add_missing_columns(conn, target)
             kind = await inspect_target(conn, target)
             if kind is TargetKind.PARTITIONED and target.mode is WriteMode.REPLACE:
                 await refuse_default_partition_rows(conn, target, publisher.day)
@@ -395,9 +402,16 @@ async def _prepare(
             types = await column_types(conn, *publisher.staging)
             plan = conversion_plan(model, types, target.data_columns, target.sql_name)
             await ledger.begin_load(conn, key, target.mode.value, publisher.staging_table)
-            return kind, types, plan
+            return kind, types, plan, added
 
-    return await with_retries(pool, retry, prepare)
+    kind, types, plan, added = await with_retries(pool, retry, prepare)
+    if added:
+        log.warning(
+            "%s: added column(s) %s to %s (on_schema_change='add_columns'); "
+            "rows loaded before read NULL there",
+            key, ", ".join(added), target.name,
+        )  # fmt: skip
+    return kind, types, plan, added
 
 
 async def _pipeline(
@@ -535,7 +549,8 @@ def _check_breaker(progress: _Progress, settings: LoadSettings, key: LoadKey) ->
         f"({dead / handled:.1%}) were dead-lettered, above the {limit:.1%} limit: {why}. "
         "That is a systemic failure (source format, schema, server, or an object that is not "
         "a stream of records), not a few bad records; the partition was not published. "
-        f"See {settings.ledger_schema}.dead_letters for the errors."
+        f"See {settings.ledger_schema}.dead_letters for the errors (pending letters of load "
+        f"{key.load_id!r}: `etl-assets-dead-letters list` shows them)."
     )
 
 

@@ -29,6 +29,7 @@ import asyncpg
 
 from etl_assets.errors import ConfigurationError, LoadIntegrityError
 from etl_assets.postgres.ledger import Ledger, LoadKey, LoadStatus, PartitionTotals
+from etl_assets.postgres.schema_drift import refuse_drift
 from etl_assets.postgres.sql import (
     column_list,
     date_literal,
@@ -70,12 +71,7 @@ async def inspect_target(conn: asyncpg.Connection, target: TableTarget) -> Targe
     )
     if row is None:
         raise ConfigurationError(f"target table {target.name} does not exist")
-    missing = await _missing_columns(conn, target)
-    if missing:
-        raise ConfigurationError(
-            f"target {target.name} has no column(s) {missing}; add them "
-            f"(ALTER TABLE {target.sql_name} ADD COLUMN ...) or drop them from the record model"
-        )
+    await refuse_drift(conn, target)  # every drift named, with its fix, before a batch
     if row["relkind"] == "r":
         return TargetKind.PLAIN
     if (
@@ -119,18 +115,6 @@ async def refuse_default_partition_rows(
             f"DELETE FROM {default} WHERE {day_column} = {date_literal(day)} (after keeping "
             "them elsewhere if they matter), then load the day again"
         )
-
-
-async def _missing_columns(conn: asyncpg.Connection, target: TableTarget) -> list[str]:
-    present = {
-        r["attname"]
-        for r in await conn.fetch(
-            "SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass "
-            "AND attnum > 0 AND NOT attisdropped",
-            target.sql_name,
-        )
-    }
-    return [c for c in target.row_columns if c not in present]
 
 
 async def audit(

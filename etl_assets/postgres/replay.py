@@ -43,6 +43,7 @@ from etl_assets.postgres.key_digest import KeyDigester
 from etl_assets.postgres.ledger import REPLAY_MODE, Ledger, LoadKey, LoadStatus
 from etl_assets.postgres.loader import LoadSettings, mark_load_failed
 from etl_assets.postgres.retry import with_retries
+from etl_assets.postgres.schema_drift import refuse_drift
 from etl_assets.postgres.target import TableTarget, WriteMode
 from etl_assets.postgres.writer import BatchWriter, Log, PreparedBatch, batch_digest
 from etl_assets.records import DeadLetter, RecordShaper
@@ -96,7 +97,7 @@ async def replay_dead_letters(
     ledger = Ledger(settings.ledger_schema)
     key = LoadKey(target.name, day.isoformat(), load_id)
     async with load_lock(pool, ledger, key, settings.retry):
-        base = await _begin(pool, ledger, key, settings)
+        base = await _begin(pool, ledger, target, key, settings)
         types = await with_retries(
             pool, settings.retry, lambda conn: column_types(conn, target.schema, target.table)
         )
@@ -171,9 +172,12 @@ def _transformed(transform: Transform, payload: dict[str, Any], letter_id: int) 
 
 
 async def _begin(
-    pool: asyncpg.Pool, ledger: Ledger, key: LoadKey, settings: LoadSettings
+    pool: asyncpg.Pool, ledger: Ledger, target: TableTarget, key: LoadKey, settings: LoadSettings
 ) -> LoadKey:
-    """The replay's ``loading`` row, naming the load whose letters it replays."""
+    """The replay's ``loading`` row, naming the load whose letters it replays.
+
+    Schema drift is refused first, named once, not as every letter failing again.
+    """
 
     async def begin(conn: asyncpg.Connection) -> LoadKey:
         await ledger.ensure(conn)
@@ -183,6 +187,7 @@ async def _begin(
                 f"{key} has no finished load to replay into; "
                 "materialize the partition first (its dead letters come with it)"
             )
+        await refuse_drift(conn, target)
         status = await ledger.status(conn, key)
         if status is not None and status is not LoadStatus.FAILED:
             raise FatalError(f"{key}: replay {key.load_id!r} already ran ({status})")

@@ -22,7 +22,7 @@ import pydantic
 from etl_assets.errors import ConfigurationError
 from etl_assets.postgres.sql import column_list, qualified, quote_ident
 
-__all__ = ["Column", "TableTarget", "WriteMode", "columns_from_model"]
+__all__ = ["Column", "SchemaChange", "TableTarget", "WriteMode", "columns_from_model"]
 
 _PG_TYPE = re.compile(r"^[a-z][a-z0-9_ ]*(\(\d+(,\s*\d+)?\))?(\[\])?$")
 
@@ -58,6 +58,13 @@ class WriteMode(enum.StrEnum):
     UPSERT = "upsert"  # stage, audit, then merge: INSERT ... ON CONFLICT (key) DO UPDATE
 
 
+class SchemaChange(enum.StrEnum):
+    """What a load does with a model field its existing table has no column for."""
+
+    REFUSE = "refuse"  # refused at prepare, naming the column and the ALTER TABLE to run
+    ADD_COLUMNS = "add_columns"  # added as a nullable column at prepare (older rows read NULL)
+
+
 @dataclass(frozen=True, slots=True)
 class Column:
     """A target column and its Postgres type (used only when the table is created)."""
@@ -87,6 +94,9 @@ class TableTarget:
         mode: ``replace`` or ``upsert``.
         primary_key: required for ``upsert``; must include ``partition_column`` so a
             record can never move between partitions.
+        on_schema_change: ``refuse`` (default) or ``add_columns``: a column the model has
+            and the table lacks is added, nullable, before the load writes
+            (``etl_assets.postgres.schema_drift``); every other drift is refused.
     """
 
     schema: str
@@ -95,6 +105,7 @@ class TableTarget:
     partition_column: str = "data_date"
     mode: WriteMode = WriteMode.REPLACE
     primary_key: tuple[str, ...] = ()
+    on_schema_change: SchemaChange = SchemaChange.REFUSE
 
     def __post_init__(self) -> None:
         try:
@@ -103,6 +114,14 @@ class TableTarget:
             quote_ident(self.partition_column)
         except ValueError as exc:
             raise ConfigurationError(str(exc)) from exc
+        try:
+            object.__setattr__(self, "on_schema_change", SchemaChange(self.on_schema_change))
+        except ValueError:
+            choices = ", ".join(c.value for c in SchemaChange)
+            raise ConfigurationError(
+                f"target {self.name}: on_schema_change {self.on_schema_change!r} is not one "
+                f"of {choices}"
+            ) from None
         names = [c.name for c in self.columns]
         if not names:
             raise ConfigurationError(f"target {self.name}: declare at least one data column")

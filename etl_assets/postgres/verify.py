@@ -18,7 +18,7 @@ from etl_assets.postgres.ledger import Ledger, LetterStatus, LoadKey
 from etl_assets.postgres.sql import column_list, quote_ident
 from etl_assets.postgres.target import TableTarget, WriteMode
 
-__all__ = ["PartitionAudit", "audit_partition", "duplicate_keys"]
+__all__ = ["PartitionAudit", "audit_partition", "duplicate_keys", "missing_table"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,12 +75,9 @@ async def audit_partition(
     """
     partition = day.isoformat()
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        for table in (target.sql_name, ledger.loads):
-            if await conn.fetchval("SELECT to_regclass($1) IS NULL", table):
-                return PartitionAudit(
-                    partition, None, 0, 0, 0, 0, 0, 0,
-                    (f"table {table} does not exist: the asset was never materialized",),
-                )  # fmt: skip
+        missing = await missing_table(conn, target, ledger)
+        if missing is not None:
+            return PartitionAudit(partition, None, 0, 0, 0, 0, 0, 0, (missing,))
         load = await ledger.current_load(conn, target.name, partition)
         in_table = await _count_rows(conn, target, day) if count_rows else 0
         if load is None:
@@ -134,6 +131,20 @@ def _with_problems(audit: PartitionAudit, target: TableTarget) -> PartitionAudit
             f"{audit.in_table} rows for {audit.partition_key}, the ledger accounts for {accounted}"
         )
     return dataclasses.replace(audit, problems=tuple(problems))
+
+
+async def missing_table(
+    conn: asyncpg.Connection, target: TableTarget, ledger: Ledger | None = None
+) -> str | None:
+    """Why a partition cannot be checked at all: its table (or the ledger's) does not exist.
+
+    Every check says it in the same words, so a partition of a table never loaded fails
+    them alike instead of raising in one and passing another.
+    """
+    for table in (target.sql_name,) if ledger is None else (target.sql_name, ledger.loads):
+        if await conn.fetchval("SELECT to_regclass($1) IS NULL", table):
+            return f"table {table} does not exist (never loaded?)"
+    return None
 
 
 async def _count_rows(conn: asyncpg.Connection, target: TableTarget, day: dt.date) -> int:

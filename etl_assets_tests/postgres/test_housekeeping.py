@@ -9,13 +9,29 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from typing import Any
+
+import asyncpg
 
 from etl_assets.postgres.housekeeping import cleanup
+from etl_assets.postgres.key_audit import verify_keys
 from etl_assets.postgres.ledger import Ledger
+from etl_assets.postgres.loader import LoadSettings, load_partition
+from etl_assets.postgres.replay import ReplayFilter, replay_dead_letters
 from etl_assets.postgres.resource import PostgresResource
 from etl_assets.postgres.retry import RetryPolicy
-from etl_assets.postgres.sql import qualified
-from etl_assets_tests.postgres.helpers import DAY, events_target, fetch, partition_audit
+from etl_assets.postgres.sql import qualified, quote_ident
+from etl_assets.postgres.target import TableTarget
+from etl_assets.postgres.verify import duplicate_keys
+from etl_assets_tests.postgres.helpers import (
+    DAY,
+    events_target,
+    execute,
+    fetch,
+    partition_audit,
+    records,
+)
 
 SLOW_LOAD = """
 import asyncio, datetime as dt, sys, time
@@ -156,3 +172,82 @@ def test_retention_deletes_only_resolved_letters(pg_dsn: str, schema: str) -> No
         return report.letters_deleted, [tuple(r) for r in left]
 
     assert asyncio.run(scenario()) == (3, [("open", 1), ("pending", 1)])
+
+
+def _negative_at(n: int, bad: set[int]) -> Iterator[dict[str, Any]]:
+    for row in records(n):
+        yield {**row, "amount": -1.0} if row["event_id"] in bad else row
+
+
+async def _verdicts(dsn: str, target: TableTarget, schema: str) -> tuple[Any, ...]:
+    """Everything the three checks read for the day: the audit, the key audit, duplicates."""
+    audit = await partition_audit(dsn, target, DAY, schema)
+    conn = await asyncpg.connect(dsn)
+    try:
+        keys = await verify_keys(conn, Ledger(schema), target, DAY)
+        repeated = await duplicate_keys(conn, target, DAY)
+    finally:
+        await conn.close()
+    return audit, keys.metadata(), tuple(keys.problems), repeated
+
+
+def test_retention_of_replayed_and_discarded_letters_keeps_every_verdict(
+    pg_dsn: str, schema: str
+) -> None:
+    """Checks read the same before and after each of two retentions (0 days): the deleted
+    letters are tallied per load and status, the second wave adding to the first."""
+    target = events_target(schema)
+    ledger = Ledger(schema)
+
+    async def retain(pool: asyncpg.Pool) -> int:
+        report = await cleanup(pool, ledger, RetryPolicy(), keep_resolved_letters_days=0)
+        return report.letters_deleted
+
+    async def scenario() -> None:
+        await execute(pg_dsn, f"CREATE SCHEMA {quote_ident(schema)}; {target.create_table_sql()}")
+        await execute(
+            pg_dsn, f"ALTER TABLE {target.sql_name} ADD CONSTRAINT pos CHECK (amount >= 0)"
+        )
+        settings = LoadSettings(ledger_schema=schema, batch_size=20, max_dead_letter_ratio=0.5)
+        async with PostgresResource(dsn=pg_dsn).pool() as pool:
+            report = await load_partition(
+                pool, target, DAY, _negative_at(50, {3, 11, 19, 27, 35}), load_id="load-1",
+                settings=settings,
+            )  # fmt: skip
+            assert (report.written, report.dead_lettered) == (45, 5)
+            await execute(pg_dsn, f"ALTER TABLE {target.sql_name} DROP CONSTRAINT pos")
+            ids = [r["id"] for r in await fetch(pg_dsn, f"SELECT id FROM {ledger.dead_letters}")]
+            await replay_dead_letters(
+                pool, target, DAY, load_id="replay-1", model=None, settings=settings,
+                only=ReplayFilter(ids=sorted(ids)[:2]),
+            )  # fmt: skip
+            first = await _verdicts(pg_dsn, target, schema)
+            assert (first[0].problems, first[0].letters_replayed) == ((), 2)
+            assert {type(v) for v in first[0].metadata().values()} == {int, str}  # no Decimal
+            assert await retain(pool) == 2
+            assert await _verdicts(pg_dsn, target, schema) == first
+
+            await replay_dead_letters(
+                pool, target, DAY, load_id="replay-2", model=None, settings=settings,
+                only=ReplayFilter(ids=sorted(ids)[2:3]),
+            )  # fmt: skip
+            async with pool.acquire() as conn:
+                discarded = await ledger.discard(
+                    conn, target.name, DAY.isoformat(), sorted(ids)[3:], by="me", why="test"
+                )
+            assert len(discarded) == 2
+            second = await _verdicts(pg_dsn, target, schema)
+            assert (second[0].problems, second[0].in_table, second[0].replayed_in) == ((), 48, 3)
+            assert await retain(pool) == 3
+            assert await _verdicts(pg_dsn, target, schema) == second
+            assert await retain(pool) == 0
+        left = await fetch(pg_dsn, f"SELECT count(*) FROM {ledger.dead_letters}")
+        tally = await fetch(
+            pg_dsn,
+            f"SELECT load_id, status, letters FROM {ledger.deleted_letters} ORDER BY status",
+        )
+        assert (left[0][0], [tuple(r) for r in tally]) == (
+            0, [("load-1", "discarded", 2), ("load-1", "replayed", 3)],
+        )  # fmt: skip
+
+    asyncio.run(scenario())

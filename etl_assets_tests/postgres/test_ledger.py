@@ -73,7 +73,7 @@ def test_a_v1_ledger_with_data_is_migrated_in_place(pg_dsn: str, schema: str) ->
             ledger = Ledger(schema)
             await ledger.ensure(conn)
             await ledger.ensure(conn)  # idempotent once migrated
-            assert await conn.fetchval(f"SELECT version FROM {ledger.version_table}") == 2
+            assert await conn.fetchval(f"SELECT version FROM {ledger.version_table}") == 3
             letters = await conn.fetch(
                 f"SELECT id, status, resolved_by FROM {ledger.dead_letters} ORDER BY id"
             )
@@ -121,6 +121,31 @@ def test_a_ledger_newer_than_the_package_is_refused(pg_dsn: str, schema: str) ->
             await conn.execute(f"UPDATE {ledger.version_table} SET version = 99")
             with pytest.raises(ConfigurationError, match="layout v99, newer than this etl_assets"):
                 await ledger.ensure(conn)
+        finally:
+            await conn.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_v2_ledger_gains_the_tally_of_deleted_letters_in_place(pg_dsn: str, schema: str) -> None:
+    """v2 had no deleted_letters; the migration adds it, keeps the letters, counts from 0."""
+
+    async def scenario() -> None:
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            ledger = Ledger(schema)
+            await ledger.ensure(conn)
+            await conn.execute(
+                f"DROP TABLE {ledger.deleted_letters}; "
+                f"UPDATE {ledger.version_table} SET version = 2; "
+                f"INSERT INTO {ledger.dead_letters} (target, partition_key, load_id, batch_no, "
+                "record_no, payload, error_class, error_message, attempts, status) "
+                "VALUES ('t', 'd', 'l', 0, 1, '{}', 'E', 'm', 1, 'open')"
+            )
+            await ledger.ensure(conn)
+            assert await conn.fetchval(f"SELECT version FROM {ledger.version_table}") == 3
+            assert await conn.fetchval(f"SELECT count(*) FROM {ledger.deleted_letters}") == 0
+            assert await ledger.dead_letter_rows(conn, LoadKey("t", "d", "l")) == 1
         finally:
             await conn.close()
 
