@@ -67,12 +67,16 @@ def partitions_failed(asset: str, outcomes: PartitionOutcomes) -> dg.Failure:
     failed = outcomes.failures
     lines = "\n".join(f"  {f.partition_key}: {f.reason}" for f in failed)
     published = outcomes.published_keys
+    others = (
+        f"the other {len(published)} published and are recorded with their checks"
+        if published
+        else "none published"
+    )
     return dg.Failure(
         description=(
             f"asset {asset}: {len(failed)} of {len(failed) + len(published)} partition(s) "
-            f"failed; the other {len(published)} published and are recorded with their "
-            f"checks.\n{lines}\nFix the source of the failed partition(s) and materialize "
-            "them again (a re-execution of this run loads only those)."
+            f"failed; {others}.\n{lines}\nFix the source of the failed partition(s) and "
+            "materialize them again (a re-execution of this run loads only those)."
         ),
         metadata={
             "failed_partitions": dg.MetadataValue.json({f.partition_key: f.reason for f in failed}),

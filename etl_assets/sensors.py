@@ -72,7 +72,7 @@ def failure_alert(context: dg.RunFailureSensorContext) -> dict[str, Any]:
     """The structured alert of a failed run: what failed, where, and the first error."""
     run = context.dagster_run
     steps = [
-        {"step": event.step_key, "error": _error_message(event)}
+        {"step": event.step_key, "error": _error_message(event), **_partitions_of(event)}
         for event in context.get_step_failure_events()
     ]
     return {
@@ -98,6 +98,18 @@ def run_failure_alert(context: dg.RunFailureSensorContext) -> None:
     alert = failure_alert(context)
     alerts.error(json.dumps(alert, default=str))
     context.log.error(json.dumps(alert, default=str))
+
+
+def _partitions_of(event: dg.DagsterEvent) -> dict[str, Any]:
+    """Which partitions of a multi-partition step failed and which published (the step's
+    failure metadata, ``partition_outcomes.partitions_failed``); empty for other steps."""
+    failure = getattr(event.event_specific_data, "user_failure_data", None)
+    metadata = failure.metadata if failure is not None else {}
+    return {
+        key: metadata[key].value
+        for key in ("failed_partitions", "published_partitions")
+        if key in metadata
+    }
 
 
 def _error_message(event: dg.DagsterEvent) -> str | None:

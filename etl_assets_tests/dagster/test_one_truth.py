@@ -20,6 +20,7 @@ import pytest
 from etl_assets import partition_checks
 from etl_assets.example.partitions import daily
 from etl_assets.io_manager import PartitionRecords, postgres_asset
+from etl_assets.sensors import failure_alert
 from etl_assets.spec import PostgresTable
 from etl_assets_tests.postgres.helpers import fetch
 
@@ -110,6 +111,15 @@ def test_a_failed_day_mid_range_leaves_dagster_equal_to_the_table_then_a_reload(
     [failed] = [e for e in result.all_events if e.is_step_failure]
     assert "1 of 5 partition(s) failed" in str(failed.step_failure_data.error)
     assert f"{DAYS[2]}: " in str(failed.step_failure_data.error)
+    alert = failure_alert(
+        dg.build_run_status_sensor_context(
+            sensor_name="run_failure_alert", dagster_event=result.get_run_failure_event(),
+            dagster_instance=instance, dagster_run=result.dagster_run,
+        ).for_run_failure()
+    )  # fmt: skip
+    [step] = alert["failed_steps"]
+    assert list(step["failed_partitions"]) == [DAYS[2]]  # the alert says which day, and
+    assert step["published_partitions"] == others  # that the others published
 
     # the source is fixed and every day reloads with new numbers: still one truth
     SOURCE.update({day: good(200 + n) for n, day in enumerate(DAYS)})
