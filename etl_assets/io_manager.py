@@ -22,6 +22,7 @@ import dagster as dg
 from dagster._core.storage.tags import BACKFILL_ID_TAG
 from pydantic import Field
 
+from etl_assets.catalog import partition_row_count, table_metadata
 from etl_assets.checks import evaluate_partitions, plans_in_run
 from etl_assets.errors import ConfigurationError
 from etl_assets.frames import classify_output, is_frame, split_by_partition
@@ -77,13 +78,14 @@ def postgres_asset(
 
     Backfills run in chunks of ``BACKFILL_CHUNK`` partitions (each partition still gets
     its own load, ledger, materialization event and check results), the table's
-    metadata, the ``postgres`` pool and IO manager; any ``dg.asset`` argument overrides.
+    metadata (with its name and columns for Dagster's catalog, ``etl_assets.catalog``),
+    the ``postgres`` pool and IO manager; any ``dg.asset`` argument overrides.
     """
     kwargs.setdefault("backfill_policy", dg.BackfillPolicy.multi_run(BACKFILL_CHUNK))
     kwargs.setdefault("io_manager_key", IO_MANAGER_KEY)
     kwargs.setdefault("pool", "postgres")
     kwargs.setdefault("kinds", {"postgres"})
-    metadata = {**spec.metadata(), **kwargs.pop("metadata", {})}
+    metadata = {**spec.metadata(), **table_metadata(spec.target()), **kwargs.pop("metadata", {})}
     # backfill_policy is beta in Dagster 1.13; this package relies on it knowingly, and a
     # user of postgres_asset should not see the note at every code load.
     with warnings.catch_warnings():
@@ -377,6 +379,7 @@ def load_report_metadata(report: LoadReport) -> dict[str, Any]:
         "table": report.target,
         "mode": report.mode,
         "dagster/row_count": report.written,
+        **partition_row_count(report.written),
     }
     if report.columns_added:  # on_schema_change="add_columns" evolved the table
         metadata["columns_added"] = ", ".join(report.columns_added)
