@@ -12,6 +12,7 @@ event loop with one pool, closed on every path (``PostgresResource.run``).
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ from etl_assets.spec import PostgresTable
 
 __all__ = [
     "IO_MANAGER_KEY",
+    "KEY_DIGEST_KEY",
     "PartitionRecords",
     "PartitionStream",
     "ResilientPostgresIOManager",
@@ -60,6 +62,9 @@ __all__ = [
 ]
 
 IO_MANAGER_KEY = "postgres_io_manager"
+KEY_DIGEST_KEY = "etl_assets/key_digest"
+"""Definition metadata that turns the key digest on or off for one asset (the YAML load's
+``load.key_digest``); absent: the IO manager's ``key_digest``."""
 BACKFILL_CHUNK = 31
 """Partitions per backfill run: a wide backfill pays one run's start-up (process, code
 load, resources) per chunk instead of per partition, and a run's memory is bounded by
@@ -156,6 +161,10 @@ class ResilientPostgresIOManager(dg.ConfigurableIOManager):
         partitions = _partitions(context, obj, owner, spec.partition_column)
         run = _RunLineage.of(context)
         settings = self.settings(spec)
+        if (digest := context.definition_metadata.get(KEY_DIGEST_KEY)) is not None:
+            settings = dataclasses.replace(
+                settings, key_digest=bool(getattr(digest, "value", digest))
+            )
         outcomes = PartitionOutcomes()
 
         async def load_all(pool: asyncpg.Pool) -> None:
