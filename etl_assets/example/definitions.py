@@ -39,7 +39,6 @@ __all__ = [
 ]
 
 
-
 def yaml_loads() -> dg.Definitions:
     """The loads declared in YAML (``etl_assets/example/defs``), built as dg builds them.
 
