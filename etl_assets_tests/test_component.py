@@ -106,6 +106,34 @@ def test_scaffolded_load_is_a_postgres_asset_with_its_checks_and_catalog(
     assert metadata["etl_assets/key_digest"] is True
 
 
+def test_asset_attributes_and_translation_reach_the_asset(sandbox: DefsFolderSandbox) -> None:
+    """Owners, tags, deps, automation condition from YAML; translation templated on the table."""
+    defs_path = scaffold_orders(sandbox)
+    edit_yaml(
+        defs_path,
+        "asset",
+        {
+            "key": "orders",
+            "owners": ["team:data"],
+            "tags": {"tier": "gold"},
+            "deps": ["raw_orders"],
+            "automation_condition": "{{ dg.AutomationCondition.eager() }}",
+        },
+    )
+    edit_yaml(defs_path, "translation", {"group_name": "{{ data.table.schema }}_loads"})
+    edit_yaml(defs_path, "load_settings", {"key_digest": False})
+    with sandbox.load_component_and_build_defs(defs_path=defs_path) as (_, defs):
+        orders = defs.resolve_assets_def("orders")
+    spec = orders.specs_by_key[orders.key]
+    assert spec.group_name == "public_loads"
+    assert spec.owners == ["team:data"]
+    assert spec.tags["tier"] == "gold"
+    assert [d.asset_key for d in spec.deps] == [dg.AssetKey("raw_orders")]
+    assert spec.automation_condition == dg.AutomationCondition.eager()
+    assert spec.kinds == {"postgres"}
+    assert orders.metadata_by_key[orders.key]["etl_assets/key_digest"] is False
+
+
 def test_scaffolded_load_materializes_three_partitions(
     sandbox: DefsFolderSandbox, db_dsn: str
 ) -> None:
