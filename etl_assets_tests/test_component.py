@@ -191,6 +191,45 @@ def test_a_failing_day_fails_alone(sandbox: DefsFolderSandbox, db_dsn: str) -> N
     assert [r[0] for r in rows] == [DAYS[0], DAYS[2]]
 
 
+def test_a_source_returning_a_dataframe_loads_its_rows(
+    sandbox: DefsFolderSandbox, db_dsn: str
+) -> None:
+    """A source may return one DataFrame per day: it takes the DataFrame path, row for row."""
+    defs_path = scaffold_orders(sandbox)
+    (defs_path / "source.py").write_text(
+        textwrap.dedent(
+            """
+            import datetime as dt
+
+            import pandas as pd
+            import pydantic
+
+
+            class Record(pydantic.BaseModel):
+                id: int
+                amount: float
+
+
+            def read(day: dt.date) -> pd.DataFrame:
+                return pd.DataFrame({"id": [1, 2], "amount": [float(day.day), 0.25]})
+            """
+        )
+    )
+    with sandbox.build_all_defs() as defs:
+        result = run_range(defs, db_dsn, DAYS[0], DAYS[1])
+    assert result.success
+    assert check_results(result) == {(c, d): True for c in CHECKS for d in DAYS[:2]}
+    rows = asyncio.run(
+        fetch(db_dsn, "SELECT data_date::text, id, amount FROM public.orders ORDER BY 1, 2")
+    )
+    assert [tuple(r) for r in rows] == [
+        (DAYS[0], 1, 1.0),
+        (DAYS[0], 2, 0.25),
+        (DAYS[1], 1, 2.0),
+        (DAYS[1], 2, 0.25),
+    ]
+
+
 def test_execute_can_be_overridden_in_a_subclass(sandbox: DefsFolderSandbox, db_dsn: str) -> None:
     """A subclass's execute produces the records (here: only even ids), as with dagster-sling."""
     defs_path = scaffold_orders(sandbox)
