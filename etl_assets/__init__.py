@@ -1,6 +1,7 @@
 """etl_assets: load date-partitioned data into PostgreSQL without losing or duplicating a row."""
 
 from etl_assets.checks import partition_checks
+from etl_assets.component import PostgresLoadComponent
 from etl_assets.errors import (
     CircuitBreakerOpenError,
     ConfigurationError,
@@ -32,6 +33,7 @@ from etl_assets.postgres.target import (
     WriteMode,
     columns_from_model,
 )
+from etl_assets.resources import default_resources
 from etl_assets.spec import PostgresTable
 
 __all__ = [
@@ -44,6 +46,9 @@ __all__ = [
     "postgres_asset",
     "data_date",
     "READ_UNVERIFIED",
+    # components (dg)
+    "PostgresLoadComponent",
+    "default_resources",
     # loading
     "load_partition",
     "resolve_load_id",

@@ -16,7 +16,13 @@ from etl_assets.postgres.resource import PostgresResource
 __all__ = ["dead_letter_queue", "summary_metadata"]
 
 
-@dg.asset(group_name="dead_letters", kinds={"postgres"}, pool="postgres")
+@dg.asset(
+    group_name="dead_letters",
+    kinds={"postgres"},
+    pool="postgres",
+    # The default ledger schema's table; each materialization names the one it read.
+    metadata={"dagster/table_name": "etl.dead_letters"},
+)
 def dead_letter_queue(postgres: PostgresResource) -> dg.MaterializeResult:  # type: ignore[type-arg]
     """Dead letters per target, partition and error class, and the newest open ones.
 
@@ -57,6 +63,7 @@ def summary_metadata(summary: DeadLetterSummary, ledger: Ledger) -> dict[str, An
         "pending": summary.pending,
         "dagster/row_count": summary.open,
         "table": ledger.dead_letters,
+        "dagster/table_name": f"{ledger.schema}.dead_letters",
         "by_target_partition_error": dg.MetadataValue.md("\n".join(groups)),
         "newest_open": dg.MetadataValue.md("\n".join(newest)),
     }

@@ -12,6 +12,7 @@ event loop with one pool, closed on every path (``PostgresResource.run``).
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import dagster as dg
 from dagster._core.storage.tags import BACKFILL_ID_TAG
 from pydantic import Field
 
+from etl_assets.catalog import partition_row_count, table_metadata
 from etl_assets.checks import evaluate_partitions, plans_in_run
 from etl_assets.errors import ConfigurationError
 from etl_assets.frames import classify_output, is_frame, split_by_partition
@@ -49,6 +51,7 @@ from etl_assets.spec import PostgresTable
 
 __all__ = [
     "IO_MANAGER_KEY",
+    "KEY_DIGEST_KEY",
     "PartitionRecords",
     "PartitionStream",
     "ResilientPostgresIOManager",
@@ -59,6 +62,9 @@ __all__ = [
 ]
 
 IO_MANAGER_KEY = "postgres_io_manager"
+KEY_DIGEST_KEY = "etl_assets/key_digest"
+"""Definition metadata that turns the key digest on or off for one asset (the YAML load's
+``load.key_digest``); absent: the IO manager's ``key_digest``."""
 BACKFILL_CHUNK = 31
 """Partitions per backfill run: a wide backfill pays one run's start-up (process, code
 load, resources) per chunk instead of per partition, and a run's memory is bounded by
@@ -77,13 +83,14 @@ def postgres_asset(
 
     Backfills run in chunks of ``BACKFILL_CHUNK`` partitions (each partition still gets
     its own load, ledger, materialization event and check results), the table's
-    metadata, the ``postgres`` pool and IO manager; any ``dg.asset`` argument overrides.
+    metadata (with its name and columns for Dagster's catalog, ``etl_assets.catalog``),
+    the ``postgres`` pool and IO manager; any ``dg.asset`` argument overrides.
     """
     kwargs.setdefault("backfill_policy", dg.BackfillPolicy.multi_run(BACKFILL_CHUNK))
     kwargs.setdefault("io_manager_key", IO_MANAGER_KEY)
     kwargs.setdefault("pool", "postgres")
     kwargs.setdefault("kinds", {"postgres"})
-    metadata = {**spec.metadata(), **kwargs.pop("metadata", {})}
+    metadata = {**spec.metadata(), **table_metadata(spec.target()), **kwargs.pop("metadata", {})}
     # backfill_policy is beta in Dagster 1.13; this package relies on it knowingly, and a
     # user of postgres_asset should not see the note at every code load.
     with warnings.catch_warnings():
@@ -154,6 +161,10 @@ class ResilientPostgresIOManager(dg.ConfigurableIOManager):
         partitions = _partitions(context, obj, owner, spec.partition_column)
         run = _RunLineage.of(context)
         settings = self.settings(spec)
+        if (digest := context.definition_metadata.get(KEY_DIGEST_KEY)) is not None:
+            settings = dataclasses.replace(
+                settings, key_digest=bool(getattr(digest, "value", digest))
+            )
         outcomes = PartitionOutcomes()
 
         async def load_all(pool: asyncpg.Pool) -> None:
@@ -380,6 +391,7 @@ def load_report_metadata(report: LoadReport) -> dict[str, Any]:
         "table": report.target,
         "mode": report.mode,
         "dagster/row_count": report.written,
+        **partition_row_count(report.written),
     }
     if report.columns_added:  # on_schema_change="add_columns" evolved the table
         metadata["columns_added"] = ", ".join(report.columns_added)

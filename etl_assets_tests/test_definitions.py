@@ -18,9 +18,9 @@ from etl_assets_tests.postgres.helpers import fetch
 
 
 def test_defs_can_load() -> None:
-    """The code location loads and has the example asset with its daily partitions."""
+    """The code location loads its Python and YAML assets with daily partitions and checks."""
     repo = definitions.defs.get_repository_def()
-    for name in ("raw_logs", "daily_metrics", "sample_events_table"):
+    for name in ("raw_logs", "daily_metrics", "sample_events_table", "shop_orders"):
         asset = repo.assets_defs_by_key[dg.AssetKey(name)]
         assert asset.partitions_def == definitions.daily
         checks = {key.name for key in repo.asset_graph.get_check_keys_for_assets({asset.key})}

@@ -1,0 +1,1 @@
+"""The example's loads declared in YAML (``PostgresLoadComponent``), one folder each."""
