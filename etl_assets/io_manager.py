@@ -233,7 +233,7 @@ class ResilientPostgresIOManager(dg.ConfigurableIOManager):
                 upstream.asset_key,
                 target,
                 context.asset_partition_keys,
-                whole_table=not context.has_partition_key,
+                whole_table=not _downstream_partitioned(context),
             )
         wanted = input_shape(context.dagster_type.typing_type)
         if wanted is InputShape.STREAM:
@@ -292,6 +292,19 @@ async def _load_one(
     return await load_partition(
         pool, target, day, records, load_id=load_id, model=spec.model, settings=settings, log=log
     )
+
+
+def _downstream_partitioned(context: dg.InputContext) -> bool:
+    """Whether the asset reading this input is partitioned (a range run's included): an
+    unpartitioned one reads every upstream partition there is, loaded or not."""
+    try:
+        step = context.step_context
+    except dg.DagsterInvariantViolationError:  # built without a step: its own partition key
+        return context.has_partition_key
+    reader = step.job_def.asset_layer.get_assets_def_for_node(step.node_handle)
+    if reader is None:  # an op, not an asset: as partitioned as its run
+        return step.has_partitions
+    return reader.partitions_def is not None
 
 
 def _instance_of(context: dg.InputContext) -> dg.DagsterInstance | None:
@@ -390,7 +403,6 @@ def load_report_metadata(report: LoadReport) -> dict[str, Any]:
         "load_id": report.load_id,
         "table": report.target,
         "mode": report.mode,
-        "dagster/row_count": report.written,
         **partition_row_count(report.written),
     }
     if report.columns_added:  # on_schema_change="add_columns" evolved the table

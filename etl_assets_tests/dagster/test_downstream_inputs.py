@@ -151,3 +151,20 @@ async def sabotage(dsn: str, trigger_sql: str) -> None:
         await conn.execute(trigger_sql)
     finally:
         await conn.close()
+
+
+def test_a_range_run_downstream_refuses_a_never_loaded_day_of_its_range(
+    io: dict[str, Any], instance: dg.DagsterInstance
+) -> None:
+    """A downstream range (a backfill chunk) over a loaded and a never-loaded day fails
+    naming the missing one: a range run is partitioned, not a whole-table read."""
+    assert load(io, instance, [{"sale_id": 1, "amount": 2.5}])
+    result = dg.materialize(
+        ALL, selection=[sales_total], resources=io, instance=instance, raise_on_error=False,
+        tags={"dagster/asset_partition_range_start": DAY,
+              "dagster/asset_partition_range_end": "2024-06-04"},
+    )  # fmt: skip
+
+    assert not result.success
+    message = chain_of(result)[-1]
+    assert "not ready for 1 partition(s):\n  2024-06-04: never published (never loaded)" in message

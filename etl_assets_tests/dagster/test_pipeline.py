@@ -62,7 +62,8 @@ def test_one_partition_rows_ledger_checks_and_metadata(
     assert logs_mat.metadata["enqueued"].value == LINES_PER_DAY
     assert logs_mat.metadata["written"].value == valid
     assert logs_mat.metadata["dead_lettered"].value == sample.malformed
-    assert logs_mat.metadata["dagster/row_count"].value == valid
+    assert logs_mat.metadata["dagster/partition_row_count"].value == valid
+    assert "dagster/row_count" not in logs_mat.metadata  # Dagster reads it as the table's
     assert check_results(result) == {
         ("raw_logs", "written_equals_enqueued"): True,
         ("raw_logs", "no_duplicate_keys"): True,
