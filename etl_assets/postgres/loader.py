@@ -122,6 +122,40 @@ class LoadReport:
     dead_letter_sample: tuple[int, ...] = ()
     columns_added: tuple[str, ...] = ()  # on_schema_change="add_columns": added at prepare
 
+    @classmethod
+    def published_load(
+        cls,
+        key: LoadKey,
+        mode: str,
+        totals: PartitionTotals,
+        *,
+        batches_resumed: int,
+        retries: int = 0,
+        elapsed_s: float = 0.0,
+        publish_s: float = 0.0,
+        dead_letter_sample: tuple[int, ...] = (),
+        columns_added: tuple[str, ...] = (),
+    ) -> LoadReport:
+        """The report of a load that published, its numbers from the ledger's totals."""
+        return cls(
+            target=key.target,
+            partition_key=key.partition_key,
+            load_id=key.load_id,
+            mode=mode,
+            enqueued=totals.enqueued,
+            written=totals.written,
+            dead_lettered=totals.dead_lettered,
+            batches=totals.batches,
+            batches_resumed=batches_resumed,
+            retries=retries,
+            elapsed_s=elapsed_s,
+            rows_per_s=totals.written / elapsed_s if elapsed_s else 0.0,
+            published=True,
+            publish_s=publish_s,
+            dead_letter_sample=dead_letter_sample,
+            columns_added=columns_added,
+        )
+
 
 @dataclass(slots=True)
 class _Progress:
@@ -190,21 +224,7 @@ async def finished_report(
     status, totals = await with_retries(pool, RetryPolicy(), read)
     if status is None or not status.finished:
         return None
-    return LoadReport(
-        target=key.target,
-        partition_key=key.partition_key,
-        load_id=load_id,
-        mode=target.mode.value,
-        enqueued=totals.enqueued,
-        written=totals.written,
-        dead_lettered=totals.dead_lettered,
-        batches=totals.batches,
-        batches_resumed=totals.batches,
-        retries=0,
-        elapsed_s=0.0,
-        rows_per_s=0.0,
-        published=True,
-    )
+    return LoadReport.published_load(key, target.mode.value, totals, batches_resumed=totals.batches)
 
 
 async def load_partition(
@@ -299,20 +319,13 @@ async def _locked_load(
         elapsed,
         rows_per_s,
     )
-    return LoadReport(
-        target=key.target,
-        partition_key=key.partition_key,
-        load_id=key.load_id,
-        mode=target.mode.value,
-        enqueued=totals.enqueued,
-        written=totals.written,
-        dead_lettered=totals.dead_lettered,
-        batches=totals.batches,
+    return LoadReport.published_load(
+        key,
+        target.mode.value,
+        totals,
         batches_resumed=progress.resumed,
         retries=progress.retries,
         elapsed_s=elapsed,
-        rows_per_s=rows_per_s,
-        published=True,
         publish_s=publish_s,
         dead_letter_sample=tuple(progress.sample),
         columns_added=added,
