@@ -46,12 +46,16 @@ def test_every_runnable_block_is_covered_here() -> None:
 
 
 def test_setup_lines_are_what_ci_runs_and_what_pyproject_installs() -> None:
-    """The test command is .ci/run's; the dev command installs the same and starts the server."""
+    """The test command is .ci/run's (PgBouncer first); the dev command installs the same."""
     ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
     assert only(BASH, ".venv/bin/pytest").strip() == ci
     install = "python3 -m venv .venv && .venv/bin/pip install -q -e '.[dev]'"
     assert only(BASH, "etl-assets-dev\n").strip() == f"{install} && .venv/bin/etl-assets-dev"
-    assert ci.startswith(install)
+    pgbouncer = (
+        "{ command -v pgbouncer || test -x /usr/sbin/pgbouncer || "
+        "{ apt-get update -q && apt-get install -y -q pgbouncer; }; } >/dev/null"
+    )
+    assert ci.startswith(f"{pgbouncer} && {install} && ")
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["etl-assets-dev"] == "etl_assets.example.devserver:main"
 
