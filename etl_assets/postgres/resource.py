@@ -11,7 +11,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -262,17 +262,21 @@ class PostgresResource(dg.ConfigurableResource):  # type: ignore[type-arg]
 
 
 async def _detect(dsn: str, connect: dict[str, Any]) -> Pooling:
-    try:
+    with _connect_errors(dsn):
         return await detect_pooling(dsn, connect)
-    except DRIVER_ERRORS as exc:
-        error = classify(exc)
-        raise _connect_hint(error, dsn) or _redacted(error, dsn) from None
 
 
 async def _create_pool(dsn: str, options: dict[str, Any], pooling: Pooling) -> asyncpg.Pool:
     claimed = ServerClaims(pooling, int(options["max_size"]), options.pop("server_wait_s"))
-    try:
+    with _connect_errors(dsn):
         return await asyncpg.create_pool(dsn, init=claimed.first_statement, **options)
+
+
+@contextlib.contextmanager
+def _connect_errors(dsn: str) -> Iterator[None]:
+    """A refused or failed connection as this package's error, the DSN's secret kept out."""
+    try:
+        yield
     except DRIVER_ERRORS as exc:
         # from None: asyncpg's own message may quote the DSN, password included.
         error = classify(exc)
