@@ -24,6 +24,7 @@ __all__ = [
     "ConfigurationError",
     "EtlError",
     "FatalError",
+    "LeaseLostError",
     "LoadIntegrityError",
     "LoginRefusedError",
     "PermissionDeniedError",
@@ -106,6 +107,10 @@ class FatalError(EtlError):
 
 class ConfigurationError(FatalError):
     """The user's configuration is wrong; the message says what to change."""
+
+
+class LeaseLostError(FatalError):
+    """A running load's lease was taken over as dead; the load stops, nothing published."""
 
 
 class LoginRefusedError(ConfigurationError):

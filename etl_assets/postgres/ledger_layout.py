@@ -23,7 +23,7 @@ __all__ = [
     "LoadStatus",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DDL_LOCK = 0x65746C5F  # "etl_": serializes DDL of concurrent loads (CREATE IF NOT EXISTS races)
 REPLAY_MODE = "replay"
 
@@ -66,6 +66,7 @@ class LedgerLayout:
         self.dead_letters = qualified(schema, "dead_letters")
         self.loads = qualified(schema, "partition_loads")
         self.version_table = qualified(schema, "ledger_version")
+        self.leases = qualified(schema, "load_leases")
 
     async def ensure(self, conn: asyncpg.Connection) -> None:
         """Create the current layout, or migrate an older one in place (idempotent)."""
@@ -81,15 +82,16 @@ class LedgerLayout:
                     f"the ledger in schema {self.schema!r} has layout v{version}, newer than "
                     f"this etl_assets (v{SCHEMA_VERSION}); upgrade etl_assets"
                 )
-            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(self.schema)}")
+            await self._ensure_schema(conn)
             if version is None and await self._has_v1_layout(conn):
                 version = 1
-            if version == 1:
-                for statement in self._migrate_v1_to_v2():
-                    await conn.execute(statement)
-            else:
-                for statement in self._create_v2():
-                    await conn.execute(statement)
+            if version is None:
+                statements = [*self._create_v2(), self._create_leases()]
+            else:  # migrated one version at a time, in this one transaction
+                statements = [*(self._migrate_v1_to_v2() if version == 1 else [])]
+                statements.append(self._create_leases())  # v2 -> v3
+            for statement in statements:
+                await conn.execute(statement)
             await conn.execute(
                 f"CREATE TABLE IF NOT EXISTS {self.version_table} "
                 "(version integer NOT NULL, migrated_at timestamptz NOT NULL)"
@@ -98,6 +100,13 @@ class LedgerLayout:
             await conn.execute(
                 f"INSERT INTO {self.version_table} VALUES ($1, clock_timestamp())", SCHEMA_VERSION
             )
+
+    async def _ensure_schema(self, conn: asyncpg.Connection) -> None:
+        """``CREATE SCHEMA`` only when it is missing: a DBA's pre-created schema needs no
+        CREATE on the database (``IF NOT EXISTS`` checks that privilege first)."""
+        missing = "SELECT NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)"
+        if await conn.fetchval(missing, self.schema):
+            await conn.execute(f"CREATE SCHEMA {quote_ident(self.schema)}")
 
     async def _version(self, conn: asyncpg.Connection) -> int | None:
         if await conn.fetchval("SELECT to_regclass($1) IS NULL", self.version_table):
@@ -167,6 +176,26 @@ class LedgerLayout:
                 PRIMARY KEY (target, partition_key, load_id)
             )""",
         ]
+
+    def _create_leases(self) -> str:
+        """v3: a running load's lease, a lock that lives in the data (any pooler keeps it).
+
+        ``holder`` is a token per claim: only it renews or releases the lease.
+        ``session_pid`` is set only when the claim was made on a proven direct session
+        that also holds the load's advisory lock: then a free lock means a dead holder
+        at once; otherwise only ``expires_at`` (renewed while the load runs) does.
+        """
+        return f"""CREATE TABLE IF NOT EXISTS {self.leases} (
+                target text NOT NULL,
+                partition_key text NOT NULL,
+                load_id text NOT NULL,
+                holder text NOT NULL,
+                session_pid integer,
+                claimed_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+                renewed_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+                expires_at timestamptz NOT NULL,
+                PRIMARY KEY (target, partition_key, load_id)
+            )"""
 
     def _letter_columns_v2(self) -> list[str]:
         return [

@@ -29,8 +29,9 @@ from etl_assets.breaker import DEFAULT_CONFIDENCE, reject_share_exceeded
 from etl_assets.errors import CircuitBreakerOpenError, ConfigurationError, EtlError, FatalError
 from etl_assets.postgres.arrow_copy import ArrowRows, column_types
 from etl_assets.postgres.conversions import ConversionPlan, conversion_plan
-from etl_assets.postgres.housekeeping import abandon_dead_loads, load_lock
+from etl_assets.postgres.housekeeping import abandon_dead_loads
 from etl_assets.postgres.key_digest import KeyDigester
+from etl_assets.postgres.lease import DEFAULT_LEASE_TTL_S, load_lease
 from etl_assets.postgres.ledger import DDL_LOCK, Ledger, LoadKey, LoadStatus, PartitionTotals
 from etl_assets.postgres.publish import StagedPublisher, TargetKind, audit, inspect_target
 from etl_assets.postgres.retry import RetryPolicy, with_retries
@@ -77,6 +78,7 @@ class LoadSettings:
     min_sample: int = 1_000  # floor of the per-batch budget of rows Postgres may reject
     key_digest: bool = True  # per-batch digest of the primary keys: etl_assets.postgres.key_digest
     ledger_schema: str = "etl"
+    lease_ttl_s: float = DEFAULT_LEASE_TTL_S  # a live load's lease lapses this long unrenewed
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.writers < 1 or self.queue_depth < 0:
@@ -225,7 +227,7 @@ async def _load_partition(
     # Classified here too (the IO manager already did), before any ledger row exists: the
     # engine API refuses a Series or a string just as an asset's output is refused.
     records = frames.classify_output(records, str(key))
-    async with load_lock(pool, ledger, key, settings.retry):
+    async with load_lease(pool, ledger, key, settings.retry, settings.lease_ttl_s):
         return await _locked_load(pool, ledger, target, day, key, records, model, settings, log)
 
 

@@ -38,8 +38,8 @@ import pydantic
 from etl_assets.errors import ConfigurationError, FatalError, LoadIntegrityError
 from etl_assets.postgres.arrow_copy import column_types
 from etl_assets.postgres.conversions import conversion_plan
-from etl_assets.postgres.housekeeping import load_lock
 from etl_assets.postgres.key_digest import KeyDigester
+from etl_assets.postgres.lease import load_lease
 from etl_assets.postgres.ledger import REPLAY_MODE, Ledger, LoadKey, LoadStatus
 from etl_assets.postgres.loader import LoadSettings, mark_load_failed
 from etl_assets.postgres.retry import with_retries
@@ -95,7 +95,7 @@ async def replay_dead_letters(
         only = dataclasses.replace(only, ids=sorted(only.corrected))
     ledger = Ledger(settings.ledger_schema)
     key = LoadKey(target.name, day.isoformat(), load_id)
-    async with load_lock(pool, ledger, key, settings.retry):
+    async with load_lease(pool, ledger, key, settings.retry, settings.lease_ttl_s):
         base = await _begin(pool, ledger, key, settings)
         types = await with_retries(
             pool, settings.retry, lambda conn: column_types(conn, target.schema, target.table)

@@ -73,7 +73,8 @@ def test_a_v1_ledger_with_data_is_migrated_in_place(pg_dsn: str, schema: str) ->
             ledger = Ledger(schema)
             await ledger.ensure(conn)
             await ledger.ensure(conn)  # idempotent once migrated
-            assert await conn.fetchval(f"SELECT version FROM {ledger.version_table}") == 2
+            assert await conn.fetchval(f"SELECT version FROM {ledger.version_table}") == 3
+            assert await conn.fetchval(f"SELECT count(*) FROM {ledger.leases}") == 0  # v3
             letters = await conn.fetch(
                 f"SELECT id, status, resolved_by FROM {ledger.dead_letters} ORDER BY id"
             )
@@ -125,3 +126,29 @@ def test_a_ledger_newer_than_the_package_is_refused(pg_dsn: str, schema: str) ->
             await conn.close()
 
     asyncio.run(scenario())
+
+
+def test_a_v2_ledger_gains_the_lease_table_in_place(pg_dsn: str, schema: str) -> None:
+    """v2 -> v3 adds load_leases and keeps every row of the v2 tables."""
+
+    async def scenario() -> tuple[int, int, int]:
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            ledger = Ledger(schema)
+            await ledger.ensure(conn)
+            await conn.execute(f"DROP TABLE {ledger.leases}")
+            await conn.execute(f"UPDATE {ledger.version_table} SET version = 2")
+            await conn.execute(
+                f"INSERT INTO {ledger.loads} (target, partition_key, load_id, mode, status) "
+                "VALUES ('t', 'd', 'l', 'replace', 'published')"
+            )
+            await ledger.ensure(conn)
+            return (
+                await conn.fetchval(f"SELECT version FROM {ledger.version_table}"),
+                await conn.fetchval(f"SELECT count(*) FROM {ledger.loads}"),
+                await conn.fetchval(f"SELECT count(*) FROM {ledger.leases}"),
+            )
+        finally:
+            await conn.close()
+
+    assert asyncio.run(scenario()) == (3, 1, 0)
