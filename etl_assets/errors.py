@@ -179,6 +179,13 @@ def _classify_postgres(exc: asyncpg.PostgresError) -> EtlError:
             "the database name in the DSN, or the pooler's [databases] section",
             sqlstate=sqlstate,
         )
+    if sqlstate == "42501":  # insufficient_privilege, not diagnosed where it arose
+        return PermissionDeniedError(
+            f"{message}: the role lacks a privilege on the object named; `etl-assets-dead-"
+            "letters grants ROLE` prints the GRANTs of the documented layout (README, "
+            "Production PostgreSQL: what each operation needs)",
+            sqlstate=sqlstate,
+        )
     if sqlstate in _FATAL_SQLSTATES:
         return FatalError(message, sqlstate=sqlstate)
     if sqlstate in _RETRYABLE_SQLSTATES or sqlstate[:2] in _RETRYABLE_SQLSTATE_CLASSES:

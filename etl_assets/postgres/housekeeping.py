@@ -18,11 +18,13 @@ half-published.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 import asyncpg
 
 from etl_assets.postgres.ledger import DeadLoad, Ledger
+from etl_assets.postgres.privileges import Missing, explained, ledger_needs
 from etl_assets.postgres.retry import (
     RetryPolicy,
     with_retries,
@@ -80,11 +82,14 @@ async def cleanup(
 
     async def run(conn: asyncpg.Connection) -> CleanupReport:
         await ledger.ensure(conn)
-        async with conn.transaction():
+        async with explained(conn, "clean up dead loads", needs), conn.transaction():
             dead = await abandon_dead_loads(conn, ledger)
             deleted = 0
             if keep_resolved_letters_days is not None:
                 deleted = await ledger.apply_retention(conn, keep_resolved_letters_days)
             return CleanupReport(dead, deleted)
+
+    def needs(conn: asyncpg.Connection) -> Awaitable[list[Missing]]:
+        return ledger_needs(conn, ledger.schema)
 
     return await with_retries(pool, policy, run)

@@ -22,13 +22,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import asyncpg
 
 from etl_assets.errors import ConfigurationError, EtlError, FatalError, LeaseLostError
 from etl_assets.postgres.ledger import Ledger, LoadKey
 from etl_assets.postgres.pooler import is_direct
+from etl_assets.postgres.privileges import Missing, explained, ledger_needs
 from etl_assets.postgres.retry import (
     DRIVER_ERRORS,
     RetryPolicy,
@@ -100,18 +101,8 @@ class _Lease:
                 conn = await self._connection()
                 try:
                     await self.ledger.ensure(conn)
-                    if await is_direct(conn):
-                        self.session_locked = await self.ledger.hold_load_lock(conn, self.key)
-                        if not self.session_locked:
-                            return False
-                    async with conn.transaction():
-                        return await self.ledger.claim_lease(
-                            conn,
-                            self.key,
-                            self.holder,
-                            self.ttl_s,
-                            session_locked=self.session_locked,
-                        )
+                    async with explained(conn, f"run a load of {self.key}", self._needs):
+                        return await self._take(conn)
                 except DRIVER_ERRORS:
                     await self._drop_connection()
                     raise
@@ -123,6 +114,19 @@ class _Lease:
                 "(its lease is held); wait for it to end (or terminate it) before running it "
                 "again"
             )
+
+    async def _take(self, conn: asyncpg.Connection) -> bool:
+        if await is_direct(conn):
+            self.session_locked = await self.ledger.hold_load_lock(conn, self.key)
+            if not self.session_locked:
+                return False
+        async with conn.transaction():
+            return await self.ledger.claim_lease(
+                conn, self.key, self.holder, self.ttl_s, session_locked=self.session_locked
+            )
+
+    def _needs(self, conn: asyncpg.Connection) -> Awaitable[list[Missing]]:
+        return ledger_needs(conn, self.ledger.schema)
 
     async def keep_renewed(self, body: asyncio.Task[object]) -> None:
         """Renew every ``ttl_s / 4``; on loss (or an error past the retries), cancel the body."""

@@ -12,6 +12,7 @@ import enum
 import asyncpg
 
 from etl_assets.errors import ConfigurationError
+from etl_assets.postgres.privileges import create_schema_if_missing, explained, ledger_needs
 from etl_assets.postgres.sql import qualified, quote_ident
 
 __all__ = [
@@ -70,8 +71,15 @@ class LedgerLayout:
 
     async def ensure(self, conn: asyncpg.Connection) -> None:
         """Create the current layout, or migrate an older one in place (idempotent)."""
-        if await self._version(conn) == SCHEMA_VERSION:  # the usual case: no lock, no COMMIT
-            return
+        doing = f"use the ledger in schema {self.schema!r}"
+        async with explained(conn, doing, lambda c: ledger_needs(c, self.schema, write=False)):
+            if await self._version(conn) == SCHEMA_VERSION:  # usual: no lock, no COMMIT
+                return
+        doing = f"create or migrate the ledger in schema {self.schema!r}"
+        async with explained(conn, doing, lambda c: ledger_needs(c, self.schema, ddl=True)):
+            await self._migrate(conn)
+
+    async def _migrate(self, conn: asyncpg.Connection) -> None:
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", DDL_LOCK)
             version = await self._version(conn)
@@ -82,7 +90,7 @@ class LedgerLayout:
                     f"the ledger in schema {self.schema!r} has layout v{version}, newer than "
                     f"this etl_assets (v{SCHEMA_VERSION}); upgrade etl_assets"
                 )
-            await self._ensure_schema(conn)
+            await create_schema_if_missing(conn, self.schema)
             if version is None and await self._has_v1_layout(conn):
                 version = 1
             if version is None:
@@ -100,13 +108,6 @@ class LedgerLayout:
             await conn.execute(
                 f"INSERT INTO {self.version_table} VALUES ($1, clock_timestamp())", SCHEMA_VERSION
             )
-
-    async def _ensure_schema(self, conn: asyncpg.Connection) -> None:
-        """``CREATE SCHEMA`` only when it is missing: a DBA's pre-created schema needs no
-        CREATE on the database (``IF NOT EXISTS`` checks that privilege first)."""
-        missing = "SELECT NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)"
-        if await conn.fetchval(missing, self.schema):
-            await conn.execute(f"CREATE SCHEMA {quote_ident(self.schema)}")
 
     async def _version(self, conn: asyncpg.Connection) -> int | None:
         if await conn.fetchval("SELECT to_regclass($1) IS NULL", self.version_table):

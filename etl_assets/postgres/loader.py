@@ -16,7 +16,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Iterable, Iterator, Sequence, Sized
+from collections.abc import Awaitable, Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -33,6 +33,15 @@ from etl_assets.postgres.housekeeping import abandon_dead_loads
 from etl_assets.postgres.key_digest import KeyDigester
 from etl_assets.postgres.lease import DEFAULT_LEASE_TTL_S, load_lease
 from etl_assets.postgres.ledger import DDL_LOCK, Ledger, LoadKey, LoadStatus, PartitionTotals
+from etl_assets.postgres.privileges import (
+    Missing,
+    create_schema_if_missing,
+    explained,
+    missing_on_table,
+    operation_needs,
+    require,
+    table_use,
+)
 from etl_assets.postgres.publish import StagedPublisher, TargetKind, audit, inspect_target
 from etl_assets.postgres.retry import RetryPolicy, with_retries
 from etl_assets.postgres.target import TableTarget, WriteMode
@@ -357,14 +366,30 @@ async def _prepare(
     table really holds, which may predate the model; and each model field is judged
     against its column's real type (``etl_assets.postgres.conversions``): a pair that
     would change values is refused here, before the load is recorded or a row moves.
+
+    Privileges: the target table's (ownership, for a partition swap) are asked first, so
+    a load never writes a partition it may not publish; any other 42501 is explained
+    with the GRANTs the load lacks (``etl_assets.postgres.privileges``).
     """
+    doing = f"load {target.sql_name}"
+
+    def needs(conn: asyncpg.Connection) -> Awaitable[list[Missing]]:
+        return operation_needs(conn, target, ledger.schema, "load")
 
     async def prepare(
         conn: asyncpg.Connection,
     ) -> tuple[TargetKind, dict[str, str], ConversionPlan]:
         await ledger.ensure(conn)
+        await require(conn, doing, await missing_on_table(conn, table_use(target, "load")))
+        async with explained(conn, doing, needs):
+            return await prepare_locked(conn)
+
+    async def prepare_locked(
+        conn: asyncpg.Connection,
+    ) -> tuple[TargetKind, dict[str, str], ConversionPlan]:
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", DDL_LOCK)
+            await create_schema_if_missing(conn, target.schema)
             await conn.execute(target.create_table_sql())
             kind = await inspect_target(conn, target)
             status = await ledger.status(conn, key)

@@ -42,6 +42,7 @@ from etl_assets.postgres.key_digest import KeyDigester
 from etl_assets.postgres.lease import load_lease
 from etl_assets.postgres.ledger import REPLAY_MODE, Ledger, LoadKey, LoadStatus
 from etl_assets.postgres.loader import LoadSettings, mark_load_failed
+from etl_assets.postgres.privileges import operation_needs, require
 from etl_assets.postgres.retry import with_retries
 from etl_assets.postgres.target import TableTarget, WriteMode
 from etl_assets.postgres.writer import BatchWriter, Log, PreparedBatch, batch_digest
@@ -96,7 +97,7 @@ async def replay_dead_letters(
     ledger = Ledger(settings.ledger_schema)
     key = LoadKey(target.name, day.isoformat(), load_id)
     async with load_lease(pool, ledger, key, settings.retry, settings.lease_ttl_s):
-        base = await _begin(pool, ledger, key, settings)
+        base = await _begin(pool, ledger, target, key, settings)
         types = await with_retries(
             pool, settings.retry, lambda conn: column_types(conn, target.schema, target.table)
         )
@@ -171,12 +172,18 @@ def _transformed(transform: Transform, payload: dict[str, Any], letter_id: int) 
 
 
 async def _begin(
-    pool: asyncpg.Pool, ledger: Ledger, key: LoadKey, settings: LoadSettings
+    pool: asyncpg.Pool, ledger: Ledger, target: TableTarget, key: LoadKey, settings: LoadSettings
 ) -> LoadKey:
-    """The replay's ``loading`` row, naming the load whose letters it replays."""
+    """The replay's ``loading`` row, naming the load whose letters it replays.
+
+    What the replay needs is asked first (a few catalog reads): a role that may not
+    write the target is told the GRANT before a letter is claimed.
+    """
 
     async def begin(conn: asyncpg.Connection) -> LoadKey:
         await ledger.ensure(conn)
+        missing = await operation_needs(conn, target, ledger.schema, "replay")
+        await require(conn, f"replay dead letters into {target.sql_name}", missing)
         base = await ledger.current_load(conn, key.target, key.partition_key)
         if base is None:
             raise ConfigurationError(

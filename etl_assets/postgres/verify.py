@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from etl_assets.postgres.ledger import Ledger, LetterStatus, LoadKey
+from etl_assets.postgres.privileges import Needs, explained, operation_needs
 from etl_assets.postgres.sql import column_list, quote_ident
 from etl_assets.postgres.target import TableTarget, WriteMode
 
@@ -63,6 +64,17 @@ async def audit_partition(
     conn: asyncpg.Connection, ledger: Ledger, target: TableTarget, day: dt.date
 ) -> PartitionAudit:
     """Compare the ledger of the partition's current load with the target's rows."""
+    async with explained(conn, f"check {target.sql_name}", _check_needs(target, ledger)):
+        return await _audit_partition(conn, ledger, target, day)
+
+
+def _check_needs(target: TableTarget, ledger: Ledger) -> Needs:
+    return lambda conn: operation_needs(conn, target, ledger.schema, "check")
+
+
+async def _audit_partition(
+    conn: asyncpg.Connection, ledger: Ledger, target: TableTarget, day: dt.date
+) -> PartitionAudit:
     partition = day.isoformat()
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         for table in (target.sql_name, ledger.loads):
