@@ -31,8 +31,17 @@ def test_loads_reloads_checks_replays_and_the_cli_are_exact_behind_pgbouncer(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
     """A load, a reload, another day, their checks, a replay job and the CLI: database truth."""
+    whole_flow(pooled, db_dsn, instance, landing, tmp_path, monkeypatch, capsys)
+
+
+def whole_flow(
+    dsn: str, db_dsn: str, instance: dg.DagsterInstance, landing: Landing, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """Through ``dsn``: load, reload, another day, checks, CLI replay + cleanup, replay job;
+    audited on the server (``db_dsn``, the same database as its owner)."""
     folder, samples = landing
-    resources = definitions.resources(PostgresResource(dsn=pooled))
+    resources = definitions.resources(PostgresResource(dsn=dsn))
     first, second = DAYS[0], DAYS[1]
     for day in (first, first, second):  # a load, a reload, another day
         result = materialize(resources, instance, folder, day.isoformat())
@@ -45,7 +54,7 @@ def test_loads_reloads_checks_replays_and_the_cli_are_exact_behind_pgbouncer(
         audit = asyncio.run(partition_audit(db_dsn, LOGS.target(), day))
         assert (audit.problems, audit.written, audit.in_table) == ((), valid, valid)
 
-    monkeypatch.setenv("ETL_ASSETS_PG_DSN", pooled)
+    monkeypatch.setenv("ETL_ASSETS_PG_DSN", dsn)
     assert main(["export", "raw_logs", first.isoformat()]) == 0
     letters = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(letters) == samples[first].malformed
