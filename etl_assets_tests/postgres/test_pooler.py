@@ -10,9 +10,11 @@ import asyncpg
 import pytest
 
 from etl_assets.errors import LoginRefusedError, PoolExhaustedError
+from etl_assets.postgres.loader import LoadSettings, load_partition
 from etl_assets.postgres.pooler import Pooling, detect_pooling
 from etl_assets.postgres.resource import PostgresResource
 from etl_assets_tests.pgbouncer import pgbouncer, with_user
+from etl_assets_tests.postgres.helpers import DAY, events_target, fetch, partition_audit, records
 
 
 def _detected(dsn: str) -> Pooling:
@@ -69,13 +71,24 @@ def test_a_wrong_password_through_pgbouncer_fails_at_once(bouncer: str) -> None:
     assert "wrong-pw-s3cret" not in repr(caught.value)
 
 
-def test_a_pooler_pool_smaller_than_the_step_fails_within_the_bound(pg_dsn: str) -> None:
-    """A session pooler with 2 server connections for a step of 4 names both sizes."""
+def _load_through(dsn: str, schema: str, n: int) -> int:
+    async def run() -> int:
+        async with PostgresResource(dsn=dsn, server_wait_s=2).pool() as pool:
+            report = await load_partition(
+                pool, events_target(schema), DAY, records(n), load_id="small-pool",
+                settings=LoadSettings(ledger_schema=schema, batch_size=100),
+            )  # fmt: skip
+        return report.written
+
+    return asyncio.run(run())
+
+
+def test_a_session_pooler_pool_of_2_fails_a_load_within_the_bound(pg_dsn: str, schema: str) -> None:
+    """A session pooler with 2 server connections for a step of 4: both sizes named, fast."""
     with pgbouncer(pg_dsn, pool_mode="session", pool_size=2, query_wait_timeout_s=0) as dsn:
-        resource = PostgresResource(dsn=dsn, server_wait_s=2)
         started = time.monotonic()
         with pytest.raises(PoolExhaustedError) as caught:
-            resource.run(lambda pool: asyncio.sleep(0))
+            _load_through(dsn, schema, 500)
         assert time.monotonic() - started < 10
     assert str(caught.value) == (
         "a session pooler in front of PostgreSQL gave this step 2 server connection(s) of the "
@@ -85,3 +98,18 @@ def test_a_pooler_pool_smaller_than_the_step_fails_within_the_bound(pg_dsn: str)
         "max_pool_size server connections, or lower max_pool_size (at least 2 for a load: "
         "README, Production PostgreSQL)"
     )
+    tables = asyncio.run(
+        fetch(pg_dsn, "SELECT count(*) FROM pg_tables WHERE schemaname = $1", schema)
+    )
+    assert tables[0][0] == 0  # refused before the ledger or a table was touched
+
+
+def test_a_transaction_pooler_pool_of_2_queues_a_load_and_it_is_exact(
+    pg_dsn: str, schema: str
+) -> None:
+    """Behind transaction pooling 2 server connections serve a step of 4, one transaction
+    at a time each: the load waits its turn and is exact."""
+    with pgbouncer(pg_dsn, pool_mode="transaction", pool_size=2) as dsn:
+        assert _load_through(dsn, schema, 1_000) == 1_000
+    audit = asyncio.run(partition_audit(pg_dsn, events_target(schema), DAY, schema))
+    assert (audit.problems, audit.written, audit.in_table) == ((), 1_000, 1_000)
