@@ -542,6 +542,7 @@ class Ledger(LedgerLayout):
 
         An expired lease is taken over; so is one claimed on a direct session when we
         hold the advisory lock now (``session_locked``): its holder's session is gone.
+        Our own earlier claim is ours again: a retry after its COMMIT reply was lost.
         """
         claimed: str | None = await conn.fetchval(
             f"INSERT INTO {self.leases} AS s (target, partition_key, load_id, holder, "
@@ -552,7 +553,8 @@ class Ledger(LedgerLayout):
             f"holder = EXCLUDED.holder, session_pid = EXCLUDED.session_pid, "
             f"claimed_at = clock_timestamp(), renewed_at = clock_timestamp(), "
             f"expires_at = EXCLUDED.expires_at "
-            f"WHERE s.expires_at < clock_timestamp() OR (s.session_pid IS NOT NULL AND $6) "
+            f"WHERE s.holder = EXCLUDED.holder OR s.expires_at < clock_timestamp() "
+            f"OR (s.session_pid IS NOT NULL AND $6) "
             f"RETURNING holder",
             *key,
             holder,
