@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 import urllib.parse
 import uuid
 from collections.abc import Iterator
@@ -14,10 +13,9 @@ import pytest
 import stamina
 
 from etl_assets.postgres.embedded import EmbeddedPostgres
-from etl_assets.postgres.resource import APPLICATION_NAME
 from etl_assets.postgres.sql import quote_ident
 from etl_assets_tests.pgbouncer import pgbouncer
-from etl_assets_tests.postgres.helpers import execute, fetch
+from etl_assets_tests.postgres.helpers import execute
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -42,32 +40,18 @@ def pg_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield dsn
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def bouncer_transaction(pg_dsn: str) -> Iterator[str]:
-    """The test server through a real PgBouncer in transaction mode (pool of 20).
-
-    Per module: PgBouncer's idle server connections carry our application_name, and
-    other modules count our connections; they are gone once it stopped.
-    """
+    """The test server through a real PgBouncer in transaction mode (pool of 20)."""
     with pgbouncer(pg_dsn, pool_mode="transaction") as dsn:
         yield dsn
-    _wait_for_no_connections(pg_dsn)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def bouncer_session(pg_dsn: str) -> Iterator[str]:
-    """The test server through a real PgBouncer in session mode (pool of 20), per module."""
+    """The test server through a real PgBouncer in session mode (pool of 20)."""
     with pgbouncer(pg_dsn, pool_mode="session") as dsn:
         yield dsn
-    _wait_for_no_connections(pg_dsn)
-
-
-def _wait_for_no_connections(dsn: str, within_s: float = 5.0) -> None:
-    """A stopped pooler's server connections end asynchronously on the server."""
-    deadline = time.monotonic() + within_s
-    sql = "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1"
-    while time.monotonic() < deadline and asyncio.run(fetch(dsn, sql, APPLICATION_NAME))[0][0]:
-        time.sleep(0.05)
 
 
 @pytest.fixture(params=["transaction", "session"])

@@ -67,6 +67,9 @@ def pgbouncer(
         f"pool_mode = {pool_mode}\ndefault_pool_size = {pool_size}\nmax_client_conn = 500\n"
         f"query_wait_timeout = {query_wait_timeout_s}\n"
         "server_reset_query = DISCARD ALL\nignore_startup_parameters = extra_float_digits\n"
+        # Its server connections then never carry exactly our application_name: tests
+        # that count the package's connections on the server do not count the pooler's.
+        "application_name_add_host = 1\n"
         f"logfile = {folder / 'pgbouncer.log'}\npidfile = {folder / 'pgbouncer.pid'}\n"
     )
     ids = _unprivileged(folder)
