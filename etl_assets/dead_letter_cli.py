@@ -37,7 +37,7 @@ from etl_assets.jobs import replayable_tables, table_of
 from etl_assets.postgres.housekeeping import cleanup
 from etl_assets.postgres.ledger import Ledger, LoadKey
 from etl_assets.postgres.loader import LoadSettings
-from etl_assets.postgres.privileges import grant_statements
+from etl_assets.postgres.privileges import Missing, explained, grant_statements, ledger_needs
 from etl_assets.postgres.replay import replay_dead_letters
 from etl_assets.postgres.resource import PostgresResource
 from etl_assets.postgres.retry import RetryPolicy, with_retries
@@ -205,9 +205,13 @@ def _discard(args: argparse.Namespace) -> int:
 
     async def discard(conn: asyncpg.Connection) -> list[int]:
         await ledger.ensure(conn)
-        return await ledger.discard(
-            conn, target.name, args.partition, args.ids, by=by, why=args.reason
-        )
+        async with explained(conn, "discard dead letters", needs):
+            return await ledger.discard(
+                conn, target.name, args.partition, args.ids, by=by, why=args.reason
+            )
+
+    def needs(conn: asyncpg.Connection) -> Awaitable[list[Missing]]:
+        return ledger_needs(conn, ledger.schema)
 
     done = _with_pool(lambda pool: with_retries(pool, RetryPolicy(), discard))
     missing = sorted(set(args.ids) - set(done))

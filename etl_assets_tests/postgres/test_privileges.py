@@ -12,6 +12,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from etl_assets.dead_letter_cli import main
 from etl_assets.errors import PermissionDeniedError
 from etl_assets.postgres.housekeeping import cleanup
 from etl_assets.postgres.ledger import Ledger
@@ -191,3 +192,21 @@ def test_cleanup_without_the_ledger_tables_names_the_grants(role: str, db_dsn: s
         "; ".join(f'GRANT INSERT, UPDATE, DELETE ON TABLE "etl"."{t}" TO "{role}"'
                   for t in tables),
     )  # fmt: skip
+
+
+def test_a_discard_without_the_ledger_tables_names_the_grants(
+    role: str, db_dsn: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The CLI's discard updates letters: exit 2, the table privileges and GRANTs named."""
+    asyncio.run(load(db_dsn, events_target("public"), records(3), ledger_schema="etl"))
+    grant(db_dsn, [f'GRANT USAGE ON SCHEMA etl TO "{role}"',
+                   f'GRANT SELECT ON ALL TABLES IN SCHEMA etl TO "{role}"'])  # fmt: skip
+    monkeypatch.setenv("ETL_ASSETS_PG_DSN", as_role(db_dsn, role))
+    assert main(["discard", "raw_logs", "2024-03-01", "--id", "1", "--reason", "test"]) == 2
+    tables = ["load_ledger", "dead_letters", "partition_loads", "ledger_version", "load_leases"]
+    assert capsys.readouterr().err == "etl-assets-dead-letters: " + refusal(
+        role, "discard dead letters",
+        "; ".join(f'INSERT, UPDATE, DELETE on table "etl"."{t}"' for t in tables),
+        "; ".join(f'GRANT INSERT, UPDATE, DELETE ON TABLE "etl"."{t}" TO "{role}"'
+                  for t in tables),
+    ) + "\n"  # fmt: skip
