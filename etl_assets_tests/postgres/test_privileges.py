@@ -25,7 +25,7 @@ from etl_assets.postgres.verify import audit_partition
 from etl_assets_tests.dagster.conftest import instance, landing  # noqa: F401 - fixtures
 from etl_assets_tests.dagster.test_behind_pgbouncer import whole_flow
 from etl_assets_tests.dagster.test_pipeline import Landing
-from etl_assets_tests.postgres.helpers import DAY, events_target, execute, load, records
+from etl_assets_tests.postgres.helpers import DAY, events_target, execute, fetch, load, records
 
 
 @pytest.fixture
@@ -210,3 +210,19 @@ def test_a_discard_without_the_ledger_tables_names_the_grants(
         "; ".join(f'GRANT INSERT, UPDATE, DELETE ON TABLE "etl"."{t}" TO "{role}"'
                   for t in tables),
     ) + "\n"  # fmt: skip
+
+
+def test_a_role_with_create_on_the_database_creates_missing_schemas_alike(
+    role: str, db_dsn: str
+) -> None:
+    """Ledger and target schemas missing: both created (only then is CREATE asked for)."""
+    database = urllib.parse.urlsplit(db_dsn).path.lstrip("/")
+    grant(db_dsn, [f'GRANT CREATE ON DATABASE "{database}" TO "{role}"'])
+    target = events_target("landing")
+    report = asyncio.run(load(as_role(db_dsn, role), target, records(3), ledger_schema="etl"))
+    assert (report.written, report.published) == (3, True)
+    owners = asyncio.run(
+        fetch(db_dsn, "SELECT nspname, pg_get_userbyid(nspowner) FROM pg_namespace "
+                      "WHERE nspname IN ('etl', 'landing') ORDER BY 1")
+    )  # fmt: skip
+    assert [tuple(r) for r in owners] == [("etl", role), ("landing", role)]
