@@ -5,6 +5,7 @@
     etl-assets-dead-letters replay raw_logs 2024-01-03 --fixes letters.jsonl
     etl-assets-dead-letters discard raw_logs 2024-01-03 --id 12 --reason "test traffic"
     etl-assets-dead-letters cleanup [--keep-resolved-days 90]
+    etl-assets-dead-letters grants etl_loader   # the SQL a DBA runs for a least-privilege role
 
 The server is ``$ETL_ASSETS_PG_DSN`` (else the embedded one of ``$ETL_ASSETS_HOME``); the
 assets come from a Dagster code location module (``-m``, default the example's). Every
@@ -38,6 +39,7 @@ from etl_assets.jobs import replayable_tables, table_of
 from etl_assets.postgres.housekeeping import cleanup
 from etl_assets.postgres.ledger import Ledger, LoadKey
 from etl_assets.postgres.loader import LoadSettings
+from etl_assets.postgres.privileges import Missing, explained, grant_statements, ledger_needs
 from etl_assets.postgres.replay import replay_dead_letters
 from etl_assets.postgres.resource import PostgresResource
 from etl_assets.postgres.retry import RetryPolicy, with_retries
@@ -85,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     def command(name: str, run: Callable[[argparse.Namespace], int], text: str) -> Any:
         sub = commands.add_parser(name, help=text, description=text)
         sub.set_defaults(command=run)
-        if name != "cleanup":
+        if name not in ("cleanup", "grants"):
             sub.add_argument("asset", help="e.g. raw_logs")
             sub.add_argument("partition", type=_day, help="data date, YYYY-MM-DD")
         return sub
@@ -104,6 +106,8 @@ def _parser() -> argparse.ArgumentParser:
     discard.add_argument("--by", default=None, help="who (default: the OS user)")
     clean = command("cleanup", _cleanup, "Abandon dead loads; apply a letter retention.")
     clean.add_argument("--keep-resolved-days", type=int, default=None)
+    grants = command("grants", _grants, "Print the SQL that lets ROLE run every operation.")
+    grants.add_argument("role", help="the role the loads log in as")
     return parser
 
 
@@ -115,6 +119,10 @@ def _day(text: str) -> str:
 
 
 def _spec(args: argparse.Namespace) -> PostgresTable:
+    return table_of(_specs(args), args.asset)
+
+
+def _specs(args: argparse.Namespace) -> dict[str, PostgresTable]:
     try:
         with warnings.catch_warnings():  # a code location's beta/preview notes are not ours
             warnings.simplefilter("ignore", dg.BetaWarning)
@@ -131,7 +139,7 @@ def _spec(args: argparse.Namespace) -> PostgresTable:
         if isinstance(a, dg.AssetsDefinition)
         and any(k.startswith("etl_assets/table") for k in a.metadata_by_key.get(a.key, {}))
     ]
-    return table_of(replayable_tables(assets), args.asset)
+    return replayable_tables(assets)
 
 
 def _with_pool(work: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
@@ -249,9 +257,13 @@ def _discard(args: argparse.Namespace) -> int:
 
     async def discard(conn: asyncpg.Connection) -> list[int]:
         await ledger.ensure(conn)
-        return await ledger.discard(
-            conn, target.name, args.partition, args.ids, by=by, why=args.reason
-        )
+        async with explained(conn, "discard dead letters", needs):
+            return await ledger.discard(
+                conn, target.name, args.partition, args.ids, by=by, why=args.reason
+            )
+
+    def needs(conn: asyncpg.Connection) -> Awaitable[list[Missing]]:
+        return ledger_needs(conn, ledger.schema)
 
     done = _with_pool(lambda pool: with_retries(pool, RetryPolicy(), discard))
     missing = sorted(set(args.ids) - set(done))
@@ -275,6 +287,14 @@ def _cleanup(args: argparse.Namespace) -> int:
         f"{len(report.abandoned)} dead load(s) abandoned, "
         f"{report.letters_deleted} resolved letter(s) deleted"
     )
+    return 0
+
+
+def _grants(args: argparse.Namespace) -> int:
+    """No server needed: the schemas come from the code location's tables."""
+    schemas = sorted({spec.target().schema for spec in _specs(args).values()})
+    for statement in grant_statements(args.role, args.ledger_schema, schemas):
+        print(f"{statement};")
     return 0
 
 

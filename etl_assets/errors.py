@@ -24,7 +24,11 @@ __all__ = [
     "ConfigurationError",
     "EtlError",
     "FatalError",
+    "LeaseLostError",
     "LoadIntegrityError",
+    "LoginRefusedError",
+    "PermissionDeniedError",
+    "PoolExhaustedError",
     "PublishRefusedError",
     "RecordError",
     "RetryableError",
@@ -46,6 +50,24 @@ _RETRYABLE_SQLSTATES = frozenset(
 _FATAL_SQLSTATES = frozenset({"57P04"})
 # Data exceptions and integrity violations: caused by a record's values.
 _RECORD_SQLSTATE_CLASSES = frozenset({"22", "23"})
+# A pooler refuses a login with a SQLSTATE of its own: PgBouncer sends 08P01
+# (protocol_violation, class 08 = "retry") with one of these messages. They are the
+# pooler's fixed English texts (PgBouncer does not localize), so they are matched as
+# what the pooler said, where the server's own refusals (28000/28P01) go by SQLSTATE.
+POOLER_LOGIN_REFUSALS = (
+    "password authentication failed",
+    "no such user",
+    "SASL authentication failed",
+    "SCRAM authentication failed",
+    "cannot do SCRAM authentication",
+    '"trust" authentication failed',
+    "certificate authentication failed",
+    "PAM authentication failed",
+    "unix socket login rejected",
+    "not allowed",
+    "server login failed: wrong password type",
+)
+POOLER_NO_DATABASE = "no such database"  # PgBouncer's 08P01 for a name it does not serve
 
 
 # What asyncpg's encoders raise for a value they cannot encode into its column during a
@@ -87,6 +109,22 @@ class FatalError(EtlError):
 
 class ConfigurationError(FatalError):
     """The user's configuration is wrong; the message says what to change."""
+
+
+class LeaseLostError(FatalError):
+    """A running load's lease was taken over as dead; the load stops, nothing published."""
+
+
+class LoginRefusedError(ConfigurationError):
+    """The server or a pooler refused the user or its password: fatal at once."""
+
+
+class PoolExhaustedError(ConfigurationError):
+    """A pooler could not give a step the server connections its pool may use."""
+
+
+class PermissionDeniedError(ConfigurationError):
+    """The role lacks a privilege (42501); the message names the object and the GRANT."""
 
 
 class CircuitBreakerOpenError(FatalError):
@@ -135,8 +173,27 @@ def _classify_postgres(exc: asyncpg.PostgresError) -> EtlError:
     sqlstate: str = exc.sqlstate or ""
     message = f"{type(exc).__name__} [{sqlstate}]: {exc}"
     if isinstance(exc, pgexc.InvalidAuthorizationSpecificationError | pgexc.InvalidPasswordError):
-        return ConfigurationError(
+        return LoginRefusedError(
             f"PostgreSQL refused the credentials [{sqlstate}]; check the DSN's user and password",
+            sqlstate=sqlstate,
+        )
+    if sqlstate == "08P01" and _pooler_said(exc, POOLER_LOGIN_REFUSALS):
+        return LoginRefusedError(
+            f"the connection pooler refused the login [{sqlstate}: {exc}]; check the DSN's "
+            "user and password, and the pooler's auth_file or auth_query",
+            sqlstate=sqlstate,
+        )
+    if sqlstate == "08P01" and _pooler_said(exc, (POOLER_NO_DATABASE,)):
+        return ConfigurationError(
+            f"the connection pooler does not serve that database [{sqlstate}: {exc}]; fix "
+            "the database name in the DSN, or the pooler's [databases] section",
+            sqlstate=sqlstate,
+        )
+    if sqlstate == "42501":  # insufficient_privilege, not diagnosed where it arose
+        return PermissionDeniedError(
+            f"{message}: the role lacks a privilege on the object named; `etl-assets-dead-"
+            "letters grants ROLE` prints the GRANTs of the documented layout (README, "
+            "Production PostgreSQL: what each operation needs)",
             sqlstate=sqlstate,
         )
     if sqlstate in _FATAL_SQLSTATES:
@@ -148,3 +205,9 @@ def _classify_postgres(exc: asyncpg.PostgresError) -> EtlError:
     if sqlstate[:2] in _RECORD_SQLSTATE_CLASSES:
         return RecordError(message, sqlstate=sqlstate, detail=getattr(exc, "detail", None))
     return FatalError(message, sqlstate=sqlstate)
+
+
+def _pooler_said(exc: asyncpg.PostgresError, texts: tuple[str, ...]) -> bool:
+    """A FATAL message from a pooler that begins with one of its fixed texts."""
+    message = str(getattr(exc, "message", None) or exc)
+    return getattr(exc, "severity", None) == "FATAL" and message.startswith(texts)

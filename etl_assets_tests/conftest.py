@@ -14,6 +14,7 @@ import stamina
 
 from etl_assets.postgres.embedded import EmbeddedPostgres
 from etl_assets.postgres.sql import quote_ident
+from etl_assets_tests.pgbouncer import pgbouncer
 from etl_assets_tests.postgres.helpers import execute
 
 
@@ -37,6 +38,27 @@ def pg_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     with server.leased() as dsn:
         yield dsn
+
+
+@pytest.fixture(scope="session")
+def bouncer_transaction(pg_dsn: str) -> Iterator[str]:
+    """The test server through a real PgBouncer in transaction mode (pool of 20)."""
+    with pgbouncer(pg_dsn, pool_mode="transaction") as dsn:
+        yield dsn
+
+
+@pytest.fixture(scope="session")
+def bouncer_session(pg_dsn: str) -> Iterator[str]:
+    """The test server through a real PgBouncer in session mode (pool of 20)."""
+    with pgbouncer(pg_dsn, pool_mode="session") as dsn:
+        yield dsn
+
+
+@pytest.fixture(params=["transaction", "session"])
+def bouncer(request: pytest.FixtureRequest) -> str:
+    """Each test that takes it runs through PgBouncer in both pool modes."""
+    dsn: str = request.getfixturevalue(f"bouncer_{request.param}")
+    return dsn
 
 
 @pytest.fixture

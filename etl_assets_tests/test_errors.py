@@ -7,7 +7,15 @@ import asyncpg.exceptions as pgexc
 import pytest
 from asyncpg.exceptions import _base as pgbase
 
-from etl_assets.errors import ConfigurationError, FatalError, RecordError, RetryableError, classify
+from etl_assets.errors import (
+    ConfigurationError,
+    FatalError,
+    LoginRefusedError,
+    PermissionDeniedError,
+    RecordError,
+    RetryableError,
+    classify,
+)
 
 
 @pytest.mark.parametrize(
@@ -93,3 +101,32 @@ def test_a_connection_left_in_a_broken_protocol_state_is_retried() -> None:
     exc = InternalClientError("cannot switch to state 15; another operation (2) is in progress")
     assert isinstance(exc, DRIVER_ERRORS)
     assert isinstance(classify(exc), RetryableError)
+
+
+def _pooler(message: str, severity: str = "FATAL") -> asyncpg.PostgresError:
+    """What PgBouncer sends: SQLSTATE 08P01 and one of its fixed English messages."""
+    return asyncpg.PostgresError.new({"S": severity, "C": "08P01", "M": message})
+
+
+@pytest.mark.parametrize(
+    "message",
+    ["password authentication failed", "no such user: etl", "SASL authentication failed"],
+)
+def test_a_poolers_login_refusal_is_fatal_though_its_sqlstate_says_retry(message: str) -> None:
+    """PgBouncer's 08P01 login refusals are LoginRefusedError, never retried."""
+    error = classify(_pooler(message))
+    assert isinstance(error, LoginRefusedError)
+    assert error.sqlstate == "08P01"
+
+
+@pytest.mark.parametrize("message", ["query_wait_timeout", "server login has been failing"])
+def test_a_poolers_other_08P01_stays_transient(message: str) -> None:
+    """A pooler waiting or its server down is still retried."""
+    assert isinstance(classify(_pooler(message)), RetryableError)
+
+
+def test_insufficient_privilege_is_a_permission_error_that_points_at_the_grants() -> None:
+    """An undiagnosed 42501 is fatal and says where the GRANTs are."""
+    error = classify(pgexc.InsufficientPrivilegeError("permission denied for schema etl"))
+    assert isinstance(error, PermissionDeniedError)
+    assert "`etl-assets-dead-letters grants ROLE` prints the GRANTs" in str(error)

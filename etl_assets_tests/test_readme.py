@@ -38,20 +38,24 @@ def test_every_runnable_block_is_covered_here() -> None:
     """Each bash and python block of the README is one this module runs or checks."""
     markers = [
         "etl-assets-dev\n", ".venv/bin/pytest", "etl-assets-sample-data", "env.sh",
-        "etl-assets-dead-letters",
+        "dl=.venv/bin/etl-assets-dead-letters", "grants etl_loader",
     ]  # fmt: skip
-    assert sorted(sum(m in b for m in markers) for b in BASH) == [1, 1, 1, 1, 1]
-    assert len(BASH) == 5
+    assert sorted(sum(m in b for m in markers) for b in BASH) == [1, 1, 1, 1, 1, 1]
+    assert len(BASH) == 6
     assert len(PYTHON) == 3
 
 
 def test_setup_lines_are_what_ci_runs_and_what_pyproject_installs() -> None:
-    """The test command is .ci/run's; the dev command installs the same and starts the server."""
+    """The test command is .ci/run's (PgBouncer first); the dev command installs the same."""
     ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
     assert only(BASH, ".venv/bin/pytest").strip() == ci
     install = "python3 -m venv .venv && .venv/bin/pip install -q -e '.[dev]'"
     assert only(BASH, "etl-assets-dev\n").strip() == f"{install} && .venv/bin/etl-assets-dev"
-    assert ci.startswith(install)
+    pgbouncer = (
+        "{ command -v pgbouncer || test -x /usr/sbin/pgbouncer || "
+        "{ apt-get update -q && apt-get install -y -q pgbouncer; }; } >/dev/null"
+    )
+    assert ci.startswith(f"{pgbouncer} && {install} && ")
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["etl-assets-dev"] == "etl_assets.example.devserver:main"
 
@@ -128,7 +132,8 @@ def test_cli_command_with_the_env_file_materializes_the_newest_sample_day(
     rows = asyncio.run(fetch(db_dsn, "SELECT data_date, count(*) FROM public.logs GROUP BY 1"))
     assert [tuple(r) for r in rows] == [(day, 2_000 - sample.malformed)]
 
-    tour = run_bash(". .etl_assets/env.sh\n" + only(BASH, "etl-assets-dead-letters"), project, {})
+    tour_block = only(BASH, "dl=.venv/bin/etl-assets-dead-letters")
+    tour = run_bash(". .etl_assets/env.sh\n" + tour_block, project, {})
     assert tour.returncode == 0, tour.stderr[-3000:]
     [shown] = re.findall(r"^```text\n(raw_logs .*?)^```", README, flags=re.S | re.M)
     assert _normalized(tour.stdout, day) == _normalized(shown, dt.date(2024, 1, 14))
@@ -260,3 +265,12 @@ def test_the_dataframe_example_runs_and_reads_back_three_sales(project: Path, db
     rows = asyncio.run(fetch(db_dsn, "SELECT data_date, sale_id FROM public.sales ORDER BY 1, 2"))
     days = [dt.date(2024, 1, 5), *RANGE_DAYS]
     assert [tuple(r) for r in rows] == [(d, n) for d in days for n in (1, 2, 3)]
+
+
+def test_the_grants_command_prints_the_readme_statements(project: Path) -> None:
+    """The Production PostgreSQL section's GRANTs are what the command prints."""
+    block = only(BASH, "grants etl_loader")
+    result = run_bash(block, project, {})
+    assert result.returncode == 0, result.stderr
+    [shown] = [b for lang, b in BLOCKS if lang == "text" and "GRANT USAGE, CREATE" in b]
+    assert result.stdout == shown

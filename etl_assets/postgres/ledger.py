@@ -494,14 +494,20 @@ class Ledger(LedgerLayout):
         partition_key: str | None = None,
         exclude_load_id: str | None = None,
     ) -> list[DeadLoad]:
-        """Unfinished loads whose lock is free: their process is gone (or never resumed).
+        """In the caller's transaction: unfinished loads whose holder is gone, row-locked.
 
-        ``pg_try_advisory_xact_lock`` both tests and takes the lock: held until the
-        caller's transaction ends, so the load cannot start again under it meanwhile.
+        A load is alive while its lease (``load_leases``) has not expired: renewed in
+        transactions, it holds through any pooler. A lease claimed on a proven direct
+        session is also dead at once when that session's advisory lock is free (the
+        process died); a load with no lease (one that ended ``failed``, or a load of a
+        release before leases) is judged by the advisory lock alone. The load's row and
+        its lease are locked before the verdict and stay locked until the caller's
+        transaction ends, and ``pg_try_advisory_xact_lock`` keeps the lock too: the load
+        cannot renew, resume or publish under the caller meanwhile.
         """
         rows = await conn.fetch(
-            f"SELECT target, partition_key, load_id, status, staging_table "
-            f"FROM {self.loads} WHERE status IN ('loading', 'failed') "
+            f"SELECT target, partition_key, load_id FROM {self.loads} "
+            f"WHERE status IN ('loading', 'failed') "
             f"AND ($1::text IS NULL OR target = $1) "
             f"AND ($2::text IS NULL OR partition_key = $2) "
             f"AND ($3::text IS NULL OR load_id <> $3) ORDER BY started_at",
@@ -512,13 +518,112 @@ class Ledger(LedgerLayout):
         dead = []
         for row in rows:
             key = LoadKey(row["target"], row["partition_key"], row["load_id"])
-            if await conn.fetchval(
-                "SELECT pg_try_advisory_xact_lock($1, hashtext($2))",
-                LOAD_LOCK_CLASS,
-                self.lock_name(key),
-            ):
-                dead.append(DeadLoad(key, LoadStatus(row["status"]), row["staging_table"]))
+            load = await self._dead_load(conn, key)
+            if load is not None:
+                dead.append(load)
         return dead
+
+    async def _dead_load(self, conn: asyncpg.Connection, key: LoadKey) -> DeadLoad | None:
+        row = await conn.fetchrow(
+            f"SELECT status, staging_table FROM {self.loads} WHERE target = $1 "
+            f"AND partition_key = $2 AND load_id = $3 AND status IN ('loading', 'failed') "
+            f"FOR UPDATE",
+            *key,
+        )
+        if row is None:  # it ended meanwhile
+            return None
+        lease = await conn.fetchrow(
+            f"SELECT session_pid IS NOT NULL AS session_locked, "
+            f"expires_at < clock_timestamp() AS expired FROM {self.leases} "
+            f"WHERE target = $1 AND partition_key = $2 AND load_id = $3 FOR UPDATE",
+            *key,
+        )
+        if lease is not None and lease["expired"]:
+            holder_gone = True
+        elif lease is None or lease["session_locked"]:
+            holder_gone = await self._lock_is_free(conn, key)
+        else:
+            holder_gone = False  # a live lease behind a pooler: only its expiry tells
+        if not holder_gone:
+            return None
+        await conn.execute(
+            f"DELETE FROM {self.leases} WHERE target = $1 AND partition_key = $2 AND load_id = $3",
+            *key,
+        )
+        return DeadLoad(key, LoadStatus(row["status"]), row["staging_table"])
+
+    async def _lock_is_free(self, conn: asyncpg.Connection, key: LoadKey) -> bool:
+        """Takes it too, until the transaction ends (a transaction-level lock: any pooler)."""
+        free: bool = await conn.fetchval(
+            "SELECT pg_try_advisory_xact_lock($1, hashtext($2))",
+            LOAD_LOCK_CLASS,
+            self.lock_name(key),
+        )
+        return free
+
+    # --- leases ---------------------------------------------------------------------
+
+    async def claim_lease(
+        self,
+        conn: asyncpg.Connection,
+        key: LoadKey,
+        holder: str,
+        ttl_s: float,
+        *,
+        session_locked: bool,
+    ) -> bool:
+        """Claim the load's lease; False while another holder's lease is alive.
+
+        An expired lease is taken over; so is one claimed on a direct session when we
+        hold the advisory lock now (``session_locked``): its holder's session is gone.
+        Our own earlier claim is ours again: a retry after its COMMIT reply was lost.
+        """
+        claimed: str | None = await conn.fetchval(
+            f"INSERT INTO {self.leases} AS s (target, partition_key, load_id, holder, "
+            f"session_pid, expires_at) VALUES ($1, $2, $3, $4, "
+            f"CASE WHEN $6 THEN pg_backend_pid() END, "
+            f"clock_timestamp() + make_interval(secs => $5)) "
+            f"ON CONFLICT (target, partition_key, load_id) DO UPDATE SET "
+            f"holder = EXCLUDED.holder, session_pid = EXCLUDED.session_pid, "
+            f"claimed_at = clock_timestamp(), renewed_at = clock_timestamp(), "
+            f"expires_at = EXCLUDED.expires_at "
+            f"WHERE s.holder = EXCLUDED.holder OR s.expires_at < clock_timestamp() "
+            f"OR (s.session_pid IS NOT NULL AND $6) "
+            f"RETURNING holder",
+            *key,
+            holder,
+            ttl_s,
+            session_locked,
+        )
+        return claimed == holder
+
+    async def renew_lease(
+        self, conn: asyncpg.Connection, key: LoadKey, holder: str, ttl_s: float
+    ) -> bool:
+        """Push the expiry on; False if the lease is no longer ours (taken as dead).
+
+        Renewed from another session than the claim's (the claim's connection was lost),
+        the lease stops trusting the advisory lock: only its expiry counts from then on.
+        """
+        renewed = await conn.fetchval(
+            f"UPDATE {self.leases} SET renewed_at = clock_timestamp(), "
+            f"expires_at = clock_timestamp() + make_interval(secs => $5), "
+            f"session_pid = CASE WHEN session_pid = pg_backend_pid() THEN session_pid END "
+            f"WHERE target = $1 AND partition_key = $2 AND load_id = $3 AND holder = $4 "
+            f"RETURNING true",
+            *key,
+            holder,
+            ttl_s,
+        )
+        return bool(renewed)
+
+    async def release_lease(self, conn: asyncpg.Connection, key: LoadKey, holder: str) -> None:
+        await conn.execute(
+            f"DELETE FROM {self.leases} WHERE target = $1 AND partition_key = $2 "
+            f"AND load_id = $3 AND holder = $4",
+            *key,
+            holder,
+        )
 
     async def abandon(self, conn: asyncpg.Connection, load: DeadLoad, reason: str) -> None:
         """The dead load is abandoned and its pending letters superseded (never deleted)."""

@@ -12,6 +12,7 @@ import enum
 import asyncpg
 
 from etl_assets.errors import ConfigurationError
+from etl_assets.postgres.privileges import create_schema_if_missing, explained, ledger_needs
 from etl_assets.postgres.sql import qualified, quote_ident
 
 __all__ = [
@@ -67,11 +68,19 @@ class LedgerLayout:
         self.loads = qualified(schema, "partition_loads")
         self.deleted_letters = qualified(schema, "deleted_letters")
         self.version_table = qualified(schema, "ledger_version")
+        self.leases = qualified(schema, "load_leases")
 
     async def ensure(self, conn: asyncpg.Connection) -> None:
         """Create the current layout, or migrate an older one in place (idempotent)."""
-        if await self._version(conn) == SCHEMA_VERSION:  # the usual case: no lock, no COMMIT
-            return
+        doing = f"use the ledger in schema {self.schema!r}"
+        async with explained(conn, doing, lambda c: ledger_needs(c, self.schema, write=False)):
+            if await self._version(conn) == SCHEMA_VERSION:  # usual: no lock, no COMMIT
+                return
+        doing = f"create or migrate the ledger in schema {self.schema!r}"
+        async with explained(conn, doing, lambda c: ledger_needs(c, self.schema, ddl=True)):
+            await self._migrate(conn)
+
+    async def _migrate(self, conn: asyncpg.Connection) -> None:
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", DDL_LOCK)
             version = await self._version(conn)
@@ -82,7 +91,7 @@ class LedgerLayout:
                     f"the ledger in schema {self.schema!r} has layout v{version}, newer than "
                     f"this etl_assets (v{SCHEMA_VERSION}); upgrade etl_assets"
                 )
-            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(self.schema)}")
+            await create_schema_if_missing(conn, self.schema)
             if version is None and await self._has_v1_layout(conn):
                 version = 1
             for statement in self._upgrade(version):
@@ -120,7 +129,8 @@ class LedgerLayout:
         return [statement for v in range(version, SCHEMA_VERSION) for statement in steps[v]()]
 
     def _migrate_v2_to_v3(self) -> list[str]:
-        """v3 keeps the count of the letters a retention deleted, per load and status.
+        """v3 keeps the count of the letters a retention deleted, per load and status, and
+        the loads' leases (``_create_leases``).
 
         The checks compare a load's letters with its ledger: deleting resolved letters
         must not change their verdict, so the deleting statement tallies what it deleted
@@ -137,7 +147,8 @@ class LedgerLayout:
                 letters bigint NOT NULL CHECK (letters > 0),
                 last_deleted_at timestamptz NOT NULL DEFAULT clock_timestamp(),
                 PRIMARY KEY (target, partition_key, load_id, status)
-            )"""
+            )""",
+            self._create_leases(),
         ]
 
     def _create_v2(self) -> list[str]:
@@ -192,6 +203,26 @@ class LedgerLayout:
                 PRIMARY KEY (target, partition_key, load_id)
             )""",
         ]
+
+    def _create_leases(self) -> str:
+        """v3: a running load's lease, a lock that lives in the data (any pooler keeps it).
+
+        ``holder`` is a token per claim: only it renews or releases the lease.
+        ``session_pid`` is set only when the claim was made on a proven direct session
+        that also holds the load's advisory lock: then a free lock means a dead holder
+        at once; otherwise only ``expires_at`` (renewed while the load runs) does.
+        """
+        return f"""CREATE TABLE IF NOT EXISTS {self.leases} (
+                target text NOT NULL,
+                partition_key text NOT NULL,
+                load_id text NOT NULL,
+                holder text NOT NULL,
+                session_pid integer,
+                claimed_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+                renewed_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+                expires_at timestamptz NOT NULL,
+                PRIMARY KEY (target, partition_key, load_id)
+            )"""
 
     def _letter_columns_v2(self) -> list[str]:
         return [

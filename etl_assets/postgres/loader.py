@@ -16,7 +16,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Iterable, Iterator, Sequence, Sized
+from collections.abc import Awaitable, Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -36,9 +36,19 @@ from etl_assets.errors import (
 )
 from etl_assets.postgres.arrow_copy import ArrowRows, column_types
 from etl_assets.postgres.conversions import ConversionPlan, conversion_plan
-from etl_assets.postgres.housekeeping import abandon_dead_loads, load_lock
+from etl_assets.postgres.housekeeping import abandon_dead_loads
 from etl_assets.postgres.key_digest import KeyDigester
+from etl_assets.postgres.lease import DEFAULT_LEASE_TTL_S, load_lease
 from etl_assets.postgres.ledger import DDL_LOCK, Ledger, LoadKey, LoadStatus, PartitionTotals
+from etl_assets.postgres.privileges import (
+    Missing,
+    create_schema_if_missing,
+    explained,
+    missing_on_table,
+    operation_needs,
+    require,
+    table_use,
+)
 from etl_assets.postgres.publish import (
     StagedPublisher,
     TargetKind,
@@ -91,6 +101,7 @@ class LoadSettings:
     min_sample: int = 1_000  # floor of the per-batch budget of rows Postgres may reject
     key_digest: bool = True  # per-batch digest of the primary keys: etl_assets.postgres.key_digest
     ledger_schema: str = "etl"
+    lease_ttl_s: float = DEFAULT_LEASE_TTL_S  # a live load's lease lapses this long unrenewed
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.writers < 1 or self.queue_depth < 0:
@@ -260,7 +271,7 @@ async def _load_partition(
     # Classified here too (the IO manager already did), before any ledger row exists: the
     # engine API refuses a Series or a string just as an asset's output is refused.
     records = frames.classify_output(records, str(key))
-    async with load_lock(pool, ledger, key, settings.retry):
+    async with load_lease(pool, ledger, key, settings.retry, settings.lease_ttl_s):
         return await _locked_load(pool, ledger, target, day, key, records, model, settings, log)
 
 
@@ -387,14 +398,30 @@ async def _prepare(
     and each model field is judged against its column's real type
     (``etl_assets.postgres.conversions``): a pair that would change values is refused
     here, before the load is recorded or a row moves.
+
+    Privileges: the target table's (ownership, for a partition swap) are asked first, so
+    a load never writes a partition it may not publish; any other 42501 is explained
+    with the GRANTs the load lacks (``etl_assets.postgres.privileges``).
     """
+    doing = f"load {target.sql_name}"
+
+    def needs(conn: asyncpg.Connection) -> Awaitable[list[Missing]]:
+        return operation_needs(conn, target, ledger.schema, "load")
 
     async def prepare(
         conn: asyncpg.Connection,
     ) -> tuple[TargetKind, dict[str, str], ConversionPlan, tuple[str, ...]]:
         await ledger.ensure(conn)
+        await require(conn, doing, await missing_on_table(conn, table_use(target, "load")))
+        async with explained(conn, doing, needs):
+            return await prepare_locked(conn)
+
+    async def prepare_locked(
+        conn: asyncpg.Connection,
+    ) -> tuple[TargetKind, dict[str, str], ConversionPlan, tuple[str, ...]]:
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", DDL_LOCK)
+            await create_schema_if_missing(conn, target.schema)
             await conn.execute(target.create_table_sql())
             added = await add_missing_columns(conn, target)
             kind = await inspect_target(conn, target)

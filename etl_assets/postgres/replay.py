@@ -38,10 +38,11 @@ import pydantic
 from etl_assets.errors import ConfigurationError, FatalError, LoadIntegrityError
 from etl_assets.postgres.arrow_copy import column_types
 from etl_assets.postgres.conversions import conversion_plan
-from etl_assets.postgres.housekeeping import load_lock
 from etl_assets.postgres.key_digest import KeyDigester
+from etl_assets.postgres.lease import load_lease
 from etl_assets.postgres.ledger import REPLAY_MODE, Ledger, LoadKey, LoadStatus
 from etl_assets.postgres.loader import LoadSettings, mark_load_failed
+from etl_assets.postgres.privileges import operation_needs, require
 from etl_assets.postgres.retry import with_retries
 from etl_assets.postgres.schema_drift import refuse_drift
 from etl_assets.postgres.target import TableTarget, WriteMode
@@ -96,7 +97,7 @@ async def replay_dead_letters(
         only = dataclasses.replace(only, ids=sorted(only.corrected))
     ledger = Ledger(settings.ledger_schema)
     key = LoadKey(target.name, day.isoformat(), load_id)
-    async with load_lock(pool, ledger, key, settings.retry):
+    async with load_lease(pool, ledger, key, settings.retry, settings.lease_ttl_s):
         base = await _begin(pool, ledger, target, key, settings)
         types = await with_retries(
             pool, settings.retry, lambda conn: column_types(conn, target.schema, target.table)
@@ -176,11 +177,15 @@ async def _begin(
 ) -> LoadKey:
     """The replay's ``loading`` row, naming the load whose letters it replays.
 
-    Schema drift is refused first, named once, not as every letter failing again.
+    Schema drift is refused first, named once, not as every letter failing again; and
+    what the replay needs is asked first (a few catalog reads): a role that may not
+    write the target is told the GRANT before a letter is claimed.
     """
 
     async def begin(conn: asyncpg.Connection) -> LoadKey:
         await ledger.ensure(conn)
+        missing = await operation_needs(conn, target, ledger.schema, "replay")
+        await require(conn, f"replay dead letters into {target.sql_name}", missing)
         base = await ledger.current_load(conn, key.target, key.partition_key)
         if base is None:
             raise ConfigurationError(

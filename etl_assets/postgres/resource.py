@@ -11,7 +11,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,14 +19,22 @@ import asyncpg
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from etl_assets.errors import ConfigurationError, FatalError, RetryableError, classify
+from etl_assets.errors import (
+    ConfigurationError,
+    FatalError,
+    LoginRefusedError,
+    RetryableError,
+    classify,
+)
 from etl_assets.postgres.embedded import EmbeddedPostgres, default_data_dir
+from etl_assets.postgres.pooler import Pooling, ServerClaims, detect_pooling
 from etl_assets.postgres.retry import DRIVER_ERRORS, RetryPolicy, call_with_retries, with_retries
 from etl_assets.postgres.sql import quote_ident
 
 __all__ = ["ConnectionFailedError", "PostgresResource", "redact_dsn", "run_sync"]
 
 APPLICATION_NAME = "etl_assets"
+DEFAULT_STATEMENT_CACHE = 100  # asyncpg's own default
 
 T = TypeVar("T")
 
@@ -102,8 +110,26 @@ class PostgresResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         default="etl",
         description="Schema of the load ledger, the dead-letter queue and the load states.",
     )
+    statement_cache_size: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "asyncpg's prepared-statement cache per connection. None: detected, 100 on a "
+            "direct connection or behind a session pooler, 0 (off) behind a transaction "
+            "pooler (PgBouncer pool_mode=transaction). 0 turns it off whatever is detected."
+        ),
+    )
+    server_wait_s: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "Behind a pooler: how long a new connection may wait for a server connection "
+            "before the step fails naming both pool sizes (see README, Production PostgreSQL)."
+        ),
+    )
 
     _embedded: EmbeddedPostgres | None = PrivateAttr(default=None)
+    _detected: Pooling | None = PrivateAttr(default=None)
     _embedded_dsn: str | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
@@ -178,12 +204,15 @@ class PostgresResource(dg.ConfigurableResource):  # type: ignore[type-arg]
 
     async def _open_pool(self, **overrides: Any) -> asyncpg.Pool:
         dsn = self.resolved_dsn()
-        options: dict[str, Any] = {
-            "min_size": self.min_pool_size,
-            "max_size": self.max_pool_size,
+        connect: dict[str, Any] = {
             "timeout": self.connect_timeout_s,
             "command_timeout": self.command_timeout_s,
             "server_settings": {"application_name": APPLICATION_NAME},
+        }
+        options: dict[str, Any] = {
+            **connect,
+            "min_size": self.min_pool_size,
+            "max_size": self.max_pool_size,
             **overrides,
         }
         attempts = 0
@@ -195,22 +224,59 @@ class PostgresResource(dg.ConfigurableResource):  # type: ignore[type-arg]
                 wait_max_s=5.0,
             )
 
-            async def connect(attempt: int) -> asyncpg.Pool:
+            async def open_pool(attempt: int) -> asyncpg.Pool:
                 nonlocal attempts
                 attempts = attempt
-                return await _create_pool(dsn, options)
+                pooling = await self._pooling(dsn, connect)
+                return await _create_pool(dsn, self._pool_options(options, pooling), pooling)
 
-            return await call_with_retries(policy, connect)
+            return await call_with_retries(policy, open_pool)
         except RetryableError as exc:
             raise ConnectionFailedError(
                 f"could not connect to PostgreSQL at {redact_dsn(dsn)} after {attempts} "
                 f"attempt(s): {exc}. Is the server up, and is ETL_ASSETS_PG_DSN right?"
             ) from None
 
+    async def _pooling(self, dsn: str, connect: dict[str, Any]) -> Pooling:
+        """What is in front of the server: detected once per resource (see ``pooler``)."""
+        if self.dsn is None:
+            return Pooling.DIRECT  # the embedded server, on loopback
+        if self._detected is None:
+            self._detected = await _detect(dsn, connect)
+        return self._detected
 
-async def _create_pool(dsn: str, options: dict[str, Any]) -> asyncpg.Pool:
+    def _pool_options(self, options: dict[str, Any], pooling: Pooling) -> dict[str, Any]:
+        """The statement cache set for ``pooling``; a session pooler's pool opened whole.
+
+        Behind a session pooler each of our connections pins a server connection for the
+        step: opening all ``max_pool_size`` at once, each bounded by ``server_wait_s``,
+        finds a pooler pool too small at the start of the step, not mid-load.
+        """
+        cache = self.statement_cache_size
+        if cache is None:
+            cache = 0 if pooling is Pooling.TRANSACTION else DEFAULT_STATEMENT_CACHE
+        sized = {"statement_cache_size": cache, "server_wait_s": self.server_wait_s}
+        if pooling is Pooling.SESSION:
+            sized["min_size"] = options["max_size"]
+        return {**options, **sized}
+
+
+async def _detect(dsn: str, connect: dict[str, Any]) -> Pooling:
+    with _connect_errors(dsn):
+        return await detect_pooling(dsn, connect)
+
+
+async def _create_pool(dsn: str, options: dict[str, Any], pooling: Pooling) -> asyncpg.Pool:
+    claimed = ServerClaims(pooling, int(options["max_size"]), options.pop("server_wait_s"))
+    with _connect_errors(dsn):
+        return await asyncpg.create_pool(dsn, init=claimed.first_statement, **options)
+
+
+@contextlib.contextmanager
+def _connect_errors(dsn: str) -> Iterator[None]:
+    """A refused or failed connection as this package's error, the DSN's secret kept out."""
     try:
-        return await asyncpg.create_pool(dsn, **options)
+        yield
     except DRIVER_ERRORS as exc:
         # from None: asyncpg's own message may quote the DSN, password included.
         error = classify(exc)
@@ -237,11 +303,18 @@ def _connect_hint(error: Exception, dsn: str) -> ConfigurationError | None:
             f"{DSN_SOURCE}, or create it (CREATE DATABASE {quote_ident(name)})",
             sqlstate=sqlstate,
         )
+    user = (parts.username if parts else None) or "(none given)"
     if sqlstate in {"28P01", "28000"}:  # invalid_password, invalid_authorization_spec
-        user = (parts.username if parts else None) or "(none given)"
-        return ConfigurationError(
+        return LoginRefusedError(
             f"PostgreSQL at {where} refused user {user!r} [{sqlstate}]: fix the user or "
             f"password in {DSN_SOURCE}, or the server's pg_hba.conf for this host",
+            sqlstate=sqlstate,
+        )
+    if isinstance(error, LoginRefusedError):  # a pooler's refusal (PgBouncer: 08P01)
+        return LoginRefusedError(
+            f"the connection pooler at {where} refused user {user!r} [{sqlstate}]: fix the "
+            f"user or password in {DSN_SOURCE}, or the pooler's auth_file / auth_query "
+            f"(PgBouncer: userlist.txt) for this user",
             sqlstate=sqlstate,
         )
     return None

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from etl_assets.postgres.ledger import Ledger, LetterStatus, LoadKey
+from etl_assets.postgres.privileges import Needs, explained, operation_needs
 from etl_assets.postgres.sql import column_list, quote_ident
 from etl_assets.postgres.target import TableTarget, WriteMode
 
@@ -73,6 +74,17 @@ async def audit_partition(
     that needs the load's own numbers, such as the dead-letter rate; ``in_table`` is then
     what the ledger accounts for, and no problem about the table's rows is reported.
     """
+    async with explained(conn, f"check {target.sql_name}", _check_needs(target, ledger)):
+        return await _audit_partition(conn, ledger, target, day, count_rows)
+
+
+def _check_needs(target: TableTarget, ledger: Ledger) -> Needs:
+    return lambda conn: operation_needs(conn, target, ledger.schema, "check")
+
+
+async def _audit_partition(
+    conn: asyncpg.Connection, ledger: Ledger, target: TableTarget, day: dt.date, count_rows: bool
+) -> PartitionAudit:
     partition = day.isoformat()
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         missing = await missing_table(conn, target, ledger)

@@ -34,7 +34,7 @@ def test_batch_whose_commit_outcome_was_lost_is_not_written_twice(
 
     async def scenario() -> None:
         async with FaultProxy(url.hostname or "127.0.0.1", url.port or 5432) as proxy:
-            proxy.cut_on_commits(3)  # 1: the load's DDL/begin, 2: batch 0, 3: batch 1
+            proxy.cut_on_commits(5)  # 1: the ledger, 2: the lease, 3: begin, 4, 5: batches
             report = await load(proxy.dsn(pg_dsn), target, records(6_000), writers=1)
         assert proxy.cuts == 1
         assert report.batches_resumed == 1  # the batch that committed unseen, counted once
@@ -137,13 +137,36 @@ def test_dead_letter_table_has_one_row_per_rejected_record_after_commit_loss(
 
     async def scenario() -> None:
         async with FaultProxy(url.hostname or "127.0.0.1", url.port or 5432) as proxy:
-            # COMMIT 1: the load's DDL/begin (retried as COMMIT 2); COMMIT 3: the batch.
-            proxy.cut_on_commits(1, 3)
+            # COMMIT 1: the ledger's DDL (retried, then found done); 2: the lease;
+            # 3: the load's begin; 4: the batch.
+            proxy.cut_on_commits(1, 4)
             report = await load(proxy.dsn(pg_dsn), target, rows, batch_size=1_000)
         assert proxy.cuts == 2
         assert (report.written, report.dead_lettered, report.batches_resumed) == (100, 1, 1)
         count = await fetch(pg_dsn, f"SELECT count(*) FROM {qualified(schema, 'dead_letters')}")
         assert count[0][0] == 1
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("through", ["direct", "pgbouncer"])
+def test_a_lease_claim_whose_commit_reply_was_lost_is_claimed_again(
+    pg_dsn: str, schema: str, through: str, request: pytest.FixtureRequest
+) -> None:
+    """The lease's COMMIT reached the server unseen: the retry finds its own claim (behind
+    a pooler, where no advisory lock vouches for it, too)."""
+    target = events_target(schema)
+    dsn = pg_dsn if through == "direct" else request.getfixturevalue("bouncer_transaction")
+    url = urllib.parse.urlsplit(dsn)
+
+    async def scenario() -> None:
+        async with FaultProxy(url.hostname or "127.0.0.1", url.port or 5432) as proxy:
+            # direct: 1: the ledger, 2: the lease; pooled, the pooler probe's COMMIT first
+            proxy.cut_on_commits(2 if through == "direct" else 3)
+            report = await load(proxy.dsn(dsn), target, records(500), batch_size=100)
+        assert proxy.cuts == 1
+        assert (report.written, report.published) == (500, True)
+        assert await table_rows(pg_dsn, target) == expected(500)
 
     asyncio.run(scenario())
 

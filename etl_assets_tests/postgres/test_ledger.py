@@ -74,6 +74,7 @@ def test_a_v1_ledger_with_data_is_migrated_in_place(pg_dsn: str, schema: str) ->
             await ledger.ensure(conn)
             await ledger.ensure(conn)  # idempotent once migrated
             assert await conn.fetchval(f"SELECT version FROM {ledger.version_table}") == 3
+            assert await conn.fetchval(f"SELECT count(*) FROM {ledger.leases}") == 0  # v3
             letters = await conn.fetch(
                 f"SELECT id, status, resolved_by FROM {ledger.dead_letters} ORDER BY id"
             )
@@ -127,8 +128,9 @@ def test_a_ledger_newer_than_the_package_is_refused(pg_dsn: str, schema: str) ->
     asyncio.run(scenario())
 
 
-def test_a_v2_ledger_gains_the_tally_of_deleted_letters_in_place(pg_dsn: str, schema: str) -> None:
-    """v2 had no deleted_letters; the migration adds it, keeps the letters, counts from 0."""
+def test_a_v2_ledger_gains_the_tally_and_the_leases_in_place(pg_dsn: str, schema: str) -> None:
+    """v2 had no deleted_letters and no load_leases; the migration adds both, keeps every
+    row of the v2 tables, and counts from 0."""
 
     async def scenario() -> None:
         conn = await asyncpg.connect(pg_dsn)
@@ -136,15 +138,19 @@ def test_a_v2_ledger_gains_the_tally_of_deleted_letters_in_place(pg_dsn: str, sc
             ledger = Ledger(schema)
             await ledger.ensure(conn)
             await conn.execute(
-                f"DROP TABLE {ledger.deleted_letters}; "
+                f"DROP TABLE {ledger.deleted_letters}; DROP TABLE {ledger.leases}; "
                 f"UPDATE {ledger.version_table} SET version = 2; "
                 f"INSERT INTO {ledger.dead_letters} (target, partition_key, load_id, batch_no, "
                 "record_no, payload, error_class, error_message, attempts, status) "
-                "VALUES ('t', 'd', 'l', 0, 1, '{}', 'E', 'm', 1, 'open')"
+                "VALUES ('t', 'd', 'l', 0, 1, '{}', 'E', 'm', 1, 'open'); "
+                f"INSERT INTO {ledger.loads} (target, partition_key, load_id, mode, status) "
+                "VALUES ('t', 'd', 'l', 'replace', 'published')"
             )
             await ledger.ensure(conn)
             assert await conn.fetchval(f"SELECT version FROM {ledger.version_table}") == 3
             assert await conn.fetchval(f"SELECT count(*) FROM {ledger.deleted_letters}") == 0
+            assert await conn.fetchval(f"SELECT count(*) FROM {ledger.leases}") == 0
+            assert await conn.fetchval(f"SELECT count(*) FROM {ledger.loads}") == 1
             assert await ledger.dead_letter_rows(conn, LoadKey("t", "d", "l")) == 1
         finally:
             await conn.close()
