@@ -197,6 +197,7 @@ class ArrowShaper:
             model,
             partition_from_table=partition_from_table,
             checks=self._plan.checks,
+            encodings=self._plan.encodings,
         )
         self._adapter = pydantic.TypeAdapter(model) if model is not None else None
         types_ = {c: arrow_type(self._pa, column_types[c]) for c in self._columns}

@@ -350,6 +350,7 @@ def _chunks_and_shaper(
         model,
         partition_from_table=True,
         checks=plan.checks,
+        encodings=plan.encodings,
     )
     return chunks, shaper
 
