@@ -45,6 +45,7 @@ from etl_assets.postgres.publish import (
     audit,
     inspect_target,
     refuse_default_partition_rows,
+    refuse_unkeyed_referenced,
 )
 from etl_assets.postgres.retry import RetryPolicy, with_retries
 from etl_assets.postgres.schema_drift import add_missing_columns
@@ -388,6 +389,7 @@ async def _prepare(
             kind = await inspect_target(conn, target)
             if kind is TargetKind.PARTITIONED and target.mode is WriteMode.REPLACE:
                 await refuse_default_partition_rows(conn, target, publisher.day)
+            await refuse_unkeyed_referenced(conn, target)
             status = await ledger.status(conn, key)
             if status is not None and not status.resumable:
                 raise FatalError(

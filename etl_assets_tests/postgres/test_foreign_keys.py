@@ -1,0 +1,173 @@
+"""Dependent records: orphans dead-lettered per record, the rest published; a referenced
+parent reloaded; a replay after the parent arrives writes the orphans once."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pydantic
+import pytest
+
+from etl_assets.errors import ConfigurationError, PublishRefusedError
+from etl_assets.postgres.loader import LoadSettings, load_partition
+from etl_assets.postgres.replay import replay_dead_letters
+from etl_assets.postgres.resource import PostgresResource
+from etl_assets.postgres.sql import qualified, quote_ident
+from etl_assets.postgres.target import TableTarget, columns_from_model
+from etl_assets_tests.postgres.helpers import DAY, execute, fetch, partition_audit
+
+
+class Parent(pydantic.BaseModel):
+    parent_id: int
+    name: str
+
+
+class Child(pydantic.BaseModel):
+    child_id: int
+    parent_id: int
+
+
+def parent_target(schema: str, *, key: bool = True) -> TableTarget:
+    return TableTarget(
+        schema=schema,
+        table="parent",
+        columns=columns_from_model(Parent),
+        primary_key=("data_date", "parent_id") if key else (),
+    )
+
+
+def child_target(schema: str) -> TableTarget:
+    return TableTarget(
+        schema=schema,
+        table="child",
+        columns=columns_from_model(Child),
+        primary_key=("data_date", "child_id"),
+    )
+
+
+async def load(dsn: str, target: TableTarget, rows: Any, load_id: str, model: Any) -> Any:
+    async with PostgresResource(dsn=dsn).pool() as pool:
+        return await load_partition(
+            pool, target, DAY, rows, load_id=load_id, model=model,
+            settings=LoadSettings(ledger_schema=target.schema, batch_size=100),
+        )  # fmt: skip
+
+
+def parents(ids: range | list[int], tag: str = "p") -> list[dict[str, Any]]:
+    return [{"parent_id": i, "name": f"{tag}{i}"} for i in ids]
+
+
+ORPHANS = [1000 + 7 * k for k in range(9)]  # parents that have not arrived yet
+
+
+def children() -> list[dict[str, Any]]:
+    """300 children; every 33rd (9 of them) points at a parent that is not loaded."""
+    return [
+        {"child_id": i, "parent_id": ORPHANS[i // 33] if i % 33 == 32 else i % 100}
+        for i in range(300)
+    ]
+
+
+async def child_table(dsn: str, schema: str) -> None:
+    """The child table as a DBA makes it: a FOREIGN KEY on (day, parent) to the parent."""
+    await execute(
+        dsn,
+        f"CREATE TABLE {qualified(schema, 'child')} (child_id bigint NOT NULL, "
+        f"parent_id bigint NOT NULL, data_date date NOT NULL, "
+        f"PRIMARY KEY (data_date, child_id), CONSTRAINT child_parent_fk FOREIGN KEY "
+        f"(data_date, parent_id) REFERENCES {qualified(schema, 'parent')} (data_date, parent_id)"
+        f") PARTITION BY RANGE (data_date)",
+    )
+
+
+def test_orphans_are_dead_lettered_the_rest_published_and_replayed_once_the_parent_arrives(
+    pg_dsn: str, schema: str
+) -> None:
+    """9 orphans among 300 children: 291 published, 9 letters naming the constraint and the
+    missing key; the parents arrive (a reload of the referenced parent); the replay writes
+    the 9 once, and the checks agree."""
+
+    async def scenario() -> None:
+        parent, child = parent_target(schema), child_target(schema)
+        await load(pg_dsn, parent, parents(range(100)), "parents-1", Parent)
+        await child_table(pg_dsn, schema)
+        report = await load(pg_dsn, child, children(), "children-1", Child)
+        assert (report.enqueued, report.written, report.dead_lettered) == (300, 291, 9)
+        letters = await fetch(
+            pg_dsn,
+            f"SELECT record_no, sqlstate, error_message, error_detail "
+            f"FROM {qualified(schema, 'dead_letters')} ORDER BY record_no",
+        )
+        assert [r["record_no"] for r in letters] == [33 * k + 32 for k in range(9)]
+        assert {r["sqlstate"] for r in letters} == {"23503"}
+        assert all('"child_parent_fk"' in r["error_message"] for r in letters)
+        assert [r["error_detail"] for r in letters] == [
+            f'Key (data_date, parent_id)=({DAY.isoformat()}, {p}) is not present in table "parent".'
+            for p in ORPHANS
+        ]
+        child_sql = qualified(schema, "child")
+        assert (await fetch(pg_dsn, f"SELECT count(*) FROM {child_sql}"))[0][0] == 291
+        assert (await partition_audit(pg_dsn, child, ledger_schema=schema)).ok
+
+        # The parent day reloaded with its late parents, while children reference it.
+        again = await load(
+            pg_dsn, parent, parents([*range(100), *ORPHANS], "q"), "parents-2", Parent
+        )
+        assert (again.written, again.dead_lettered) == (109, 0)
+        names = await fetch(pg_dsn, f"SELECT DISTINCT left(name, 1) FROM {parent.sql_name}")
+        assert [r[0] for r in names] == ["q"]
+        assert (await partition_audit(pg_dsn, parent, ledger_schema=schema)).ok
+
+        async with PostgresResource(dsn=pg_dsn).pool() as pool:
+            replay = await replay_dead_letters(
+                pool, child, DAY, load_id="replay-1", model=Child,
+                settings=LoadSettings(ledger_schema=schema),
+            )  # fmt: skip
+        assert (replay.replayed, replay.written, replay.dead_lettered) == (9, 9, 0)
+        rows = await fetch(pg_dsn, f"SELECT child_id, parent_id FROM {child_sql} ORDER BY 1")
+        assert [tuple(r) for r in rows] == [(c["child_id"], c["parent_id"]) for c in children()]
+        assert (await partition_audit(pg_dsn, child, ledger_schema=schema)).ok
+
+    asyncio.run(scenario())
+
+
+def test_a_reload_that_drops_a_referenced_parent_is_refused_and_the_day_kept(
+    pg_dsn: str, schema: str
+) -> None:
+    """A parent day reloaded without a key its children hold: refused at publish naming the
+    constraint, the published day untouched."""
+
+    async def scenario() -> None:
+        parent, child = parent_target(schema), child_target(schema)
+        await load(pg_dsn, parent, parents(range(100)), "parents-1", Parent)
+        await child_table(pg_dsn, schema)
+        rows = [{"child_id": 1, "parent_id": 5}]
+        await load(pg_dsn, child, rows, "children-1", Child)
+        with pytest.raises(PublishRefusedError, match="child_parent_fk"):
+            await load(pg_dsn, parent, parents(range(5)), "parents-2", Parent)
+        count = await fetch(pg_dsn, f"SELECT count(*) FROM {parent.sql_name}")
+        assert count[0][0] == 100
+
+    asyncio.run(scenario())
+
+
+def test_a_referenced_replace_target_without_a_key_is_refused_at_prepare(
+    pg_dsn: str, schema: str
+) -> None:
+    """Children reference it and it has no primary key: refused before a row moves."""
+
+    async def scenario() -> None:
+        parent = parent_target(schema, key=False)
+        table = qualified(schema, "parent")
+        await execute(
+            pg_dsn,
+            f"CREATE SCHEMA {quote_ident(schema)};"
+            f"CREATE TABLE {table} (parent_id bigint UNIQUE, name text, data_date date NOT NULL);"
+            f"CREATE TABLE {qualified(schema, 'kid')} (parent_id bigint REFERENCES {table} "
+            "(parent_id))",
+        )
+        with pytest.raises(ConfigurationError, match=r"referenced by foreign key.*primary_key"):
+            await load(pg_dsn, parent, parents(range(3)), "parents-1", Parent)
+
+    asyncio.run(scenario())
