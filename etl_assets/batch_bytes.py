@@ -9,7 +9,11 @@ row tuples): a 200,000 x 300 partition peaked at 1.6-4.2 GB. So a batch is cut a
   ``sys.getsizeof``, shallow: strings and numbers are what a wide row holds), which
   sizes the next chunk. The estimate depends only on the records, so a resumed load
   cuts the same batches as the attempt it resumes (``writer.batch_digest``);
-* Arrow: a batch's own ``nbytes``, split into equal slices under the bound.
+* Arrow: a batch's own ``nbytes``, split into equal slices under a quarter of the
+  bound (:data:`ARROW_COPIES`): Arrow bytes are the data itself, not Python objects
+  around it, and a columnar batch is held about four times over while it is written
+  (the source's slice, the columns cast to the table's types, pgpq's COPY bytes, the
+  driver's send buffer). Measured: docs/PERFORMANCE.md, "Wide rows".
 """
 
 from __future__ import annotations
@@ -19,7 +23,14 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-__all__ = ["DEFAULT_BATCH_BYTES", "SAMPLE", "record_chunks", "record_size", "split_by_bytes"]
+__all__ = [
+    "ARROW_COPIES",
+    "DEFAULT_BATCH_BYTES",
+    "SAMPLE",
+    "record_chunks",
+    "record_size",
+    "split_by_bytes",
+]
 
 DEFAULT_BATCH_BYTES = 32 * 2**20
 """Estimated bytes of one batch's records: ~6 batches in flight, each also held as rows,
@@ -27,6 +38,7 @@ keep a 300-column load within ~400 MB (docs/PERFORMANCE.md); a narrow record (~3
 never reaches it before 25,000 records."""
 
 SAMPLE = 64
+ARROW_COPIES = 4
 
 
 def record_size(record: Any) -> int:
