@@ -1,10 +1,12 @@
 """Wide rows: peak RSS and rows/s of one 300-column partition, records and pandas paths.
 
 Each path runs in a child process of its own, so ``ru_maxrss`` (peak resident set) is
-that load's alone: the source is generated lazily (records one by one, frames 10,000
-rows at a time), so what is measured is what the loader holds, not the source. 100
-bigint, 100 double precision and 100 text columns; no model (the engine API's dicts
-and frames, as ``bench/run.py``'s ``etl_resilient`` path).
+that load's alone. The source is generated lazily (records one by one, frames
+``--frame-rows`` rows at a time, as a chunked reader yields them); the ``*_source``
+paths run the source alone (frames also converted to Arrow batches, as the loader
+does), so a load's own share is its peak minus its source's. 100 bigint, 100 double
+precision and 100 text columns, plus the key; no model (the engine API's dicts and
+frames, as ``bench/run.py``'s ``etl_resilient`` path).
 
     .venv/bin/python bench/wide_rows.py --rows 200000 [--batch-bytes 33554432]
 """
@@ -41,7 +43,7 @@ def records(n: int) -> Iterator[dict[str, Any]]:
         yield row
 
 
-def frames(n: int, chunk: int = 10_000) -> Iterator[Any]:
+def frames(n: int, chunk: int) -> Iterator[Any]:
     import numpy as np
     import pandas as pd
 
@@ -68,14 +70,31 @@ def target() -> Any:
     )
 
 
-async def load(dsn: str, path: str, n: int, batch_bytes: int | None) -> dict[str, Any]:
+def source_only(path: str, n: int, frame_rows: int) -> dict[str, Any]:
+    """The source alone: records counted, frames turned into Arrow batches and counted."""
+    from etl_assets import frames as shapes
+    from etl_assets.postgres.loader import LoadSettings
+
+    if path == "records_source":
+        rows = sum(1 for _ in records(n))
+    else:
+        source = shapes.classify_output(iter(frames(n, frame_rows)), "bench")
+        batches = shapes.arrow_batches(source, LoadSettings().batch_size)
+        rows = sum(b.num_rows for b in batches)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"path": path, "rows": rows, "peak_rss_mb": round(peak_mb)}
+
+
+async def load(
+    dsn: str, path: str, n: int, batch_bytes: int | None, frame_rows: int
+) -> dict[str, Any]:
     from etl_assets.postgres.loader import LoadSettings, load_partition
     from etl_assets.postgres.resource import PostgresResource
 
     settings = LoadSettings(ledger_schema="bench_wide")
     if batch_bytes is not None:
         settings = LoadSettings(ledger_schema="bench_wide", batch_bytes=batch_bytes)
-    source = records(n) if path == "records" else iter(frames(n))
+    source = records(n) if path == "records" else iter(frames(n, frame_rows))
     started = time.perf_counter()
     async with PostgresResource(dsn=dsn).pool() as pool:
         report = await load_partition(
@@ -95,13 +114,19 @@ async def load(dsn: str, path: str, n: int, batch_bytes: int | None) -> dict[str
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=200_000)
-    parser.add_argument("--paths", default="records,pandas")
+    parser.add_argument("--paths", default="records_source,records,pandas_source,pandas")
+    parser.add_argument("--frame-rows", type=int, default=2_000)
     parser.add_argument("--batch-bytes", type=int, default=None)
     parser.add_argument("--dsn", default=os.environ.get("ETL_ASSETS_BENCH_DSN"))
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(asyncio.run(load(args.dsn, args.child, args.rows, args.batch_bytes))))
+        if args.child.endswith("_source"):
+            result = source_only(args.child, args.rows, args.frame_rows)
+        else:
+            work = load(args.dsn, args.child, args.rows, args.batch_bytes, args.frame_rows)
+            result = asyncio.run(work)
+        print(json.dumps(result))
         return 0
     server = None
     if args.dsn is None:
@@ -112,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for path in args.paths.split(","):
             command = [sys.executable, __file__, "--child", path, "--rows", str(args.rows)]
-            command += ["--dsn", args.dsn]
+            command += ["--dsn", args.dsn, "--frame-rows", str(args.frame_rows)]
             if args.batch_bytes is not None:
                 command += ["--batch-bytes", str(args.batch_bytes)]
             load_before = os.getloadavg()

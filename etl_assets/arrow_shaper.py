@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib
+import json
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -44,6 +45,7 @@ from etl_assets.frames import INVALID_TEXT_COLUMN, require_pyarrow
 from etl_assets.postgres.arrow_copy import ArrowRows, arrow_type
 from etl_assets.postgres.conversions import (
     ConversionPlan,
+    Family,
     FieldKind,
     Verdict,
     arrow_kind,
@@ -118,6 +120,27 @@ def vectorisable(model: type[pydantic.BaseModel]) -> bool:
         _plain_annotation(f.annotation)[0] is not None and all(map(_checkable, f.metadata))
         for f in model.model_fields.values()
     )
+
+
+def _holds_struct(pa: Any, arrow_type: Any) -> bool:
+    """True if an Arrow type is, or nests, a struct."""
+    t = pa.types
+    if t.is_struct(arrow_type):
+        return True
+    if t.is_list(arrow_type) or t.is_large_list(arrow_type) or t.is_fixed_size_list(arrow_type):
+        return _holds_struct(pa, arrow_type.value_type)
+    if t.is_map(arrow_type):
+        return _holds_struct(pa, arrow_type.key_type) or _holds_struct(pa, arrow_type.item_type)
+    return False
+
+
+def _json_or_text(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
 
 
 # Source Arrow type kinds a target kind accepts, mirroring pydantic's lax mode.
@@ -217,9 +240,43 @@ class ArrowShaper:
         if INVALID_TEXT_COLUMN in batch.schema.names:
             return self._without_invalid_text(first_record_no, batch)
         if not self.vectorised:  # constraints or types only pydantic can check
-            return self._records.shape(first_record_no, batch.to_pylist())
+            return self._records.shape(first_record_no, self._as_records(batch))
         with collector.paused():
             return self._shape(first_record_no, batch)
+
+    def _as_records(self, batch: Any) -> list[dict[str, Any]]:
+        """The batch as dicts for the record path, its JSON columns as the model holds them.
+
+        A column bound for ``json``/``jsonb`` must not be an Arrow struct: Arrow gives
+        every dict of a column every key any of them has (a key one lacks reads as null),
+        so what it holds is not what the source said; refused, naming the way that is.
+        Text there is JSON text: for a field that holds a dict or a list (not ``str``)
+        it is parsed, as the model would have it (text that is not JSON stays text, and
+        the model's validation dead-letters it).
+        """
+        parsed = []
+        for name in self._columns:
+            if self._column_types[name].family is not Family.JSON:
+                continue
+            if name not in batch.schema.names:
+                continue
+            arrow = batch.schema.field(name).type
+            if _holds_struct(self._pa, arrow):
+                raise ConfigurationError(
+                    f"column {name!r} of the DataFrame is {arrow}: Arrow gave each dict every "
+                    "key of the column (a missing key reads as null), so it cannot be stored "
+                    f"into {self._column_types[name].spelling} as the source had it. Carry "
+                    "the column as JSON text (e.g. df[col].map(json.dumps)), or return the "
+                    "rows as records"
+                )
+            text = self._pa.types.is_string(arrow) or self._pa.types.is_large_string(arrow)
+            if text and self._kinds[name] not in (FieldKind.STR, FieldKind.ANY):
+                parsed.append(name)
+        records: list[dict[str, Any]] = batch.to_pylist()
+        for name in parsed:
+            for record in records:
+                record[name] = _json_or_text(record[name])
+        return records
 
     def _without_invalid_text(self, first: int, batch: Any) -> ShapedChunk:
         """The batch shaped, but its rows whose text was not valid Unicode dead-lettered.
