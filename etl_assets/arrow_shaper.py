@@ -84,6 +84,9 @@ def _plain_annotation(annotation: Any) -> tuple[type | None, bool]:
     if typing.get_origin(annotation) is typing.Literal:
         kinds = {type(v) for v in typing.get_args(annotation)}
         return (kinds.pop() if kinds in ({str}, {int}) else None), nullable
+    if typing.get_origin(annotation) is list:  # list[int]: items of one plain type, no None
+        items = typing.get_args(annotation)
+        return (list if len(items) == 1 and items[0] in _PLAIN else None), nullable
     return (annotation if annotation in _PLAIN else None), nullable
 
 
@@ -117,7 +120,9 @@ def vectorisable(model: type[pydantic.BaseModel]) -> bool:
     ):
         return False
     return all(
-        _plain_annotation(f.annotation)[0] is not None and all(map(_checkable, f.metadata))
+        _plain_annotation(f.annotation)[0] is not None
+        and all(map(_checkable, f.metadata))
+        and not (f.metadata and _plain_annotation(f.annotation)[0] is list)  # item bounds
         for f in model.model_fields.values()
     )
 
@@ -162,6 +167,9 @@ def _accepts(pa: Any, target: Any, source: Any) -> bool:
         return bool(t.is_timestamp(s) or t.is_date(s) or _is_text(t, s))
     if t.is_time(target):
         return bool(t.is_time(s) or _is_text(t, s))
+    if t.is_list(target):
+        lists = t.is_list(s) or t.is_large_list(s) or t.is_fixed_size_list(s)
+        return bool(lists and _accepts(pa, target.value_type, s.value_type))
     return False
 
 
@@ -232,6 +240,11 @@ class ArrowShaper:
             name
             for name, f in (model.model_fields.items() if model is not None else ())
             if name in self._types and not _plain_annotation(f.annotation)[1]
+        }
+        self._lists_without_none = {
+            name
+            for name, f in (model.model_fields.items() if model is not None else ())
+            if name in self._types and _plain_annotation(f.annotation)[0] is list
         }
         self._days: Any = self._pa.array([], self._pa.date32())
 
@@ -343,12 +356,24 @@ class ArrowShaper:
             if name in self._required and column.null_count:
                 for i in self._indices(pc.is_null(column)):
                     bad.setdefault(i, f"{name}: null in a column that does not allow None")
+            if name in self._lists_without_none and name in cast:
+                for i in self._null_items(cast[name]):
+                    bad.setdefault(i, f"{name}: null item in a list whose items are not None")
             if name in cast:
                 for i, why in self._constraint_violations(name, cast[name]):
                     bad.setdefault(i, f"{name}: {why}")
                 for i, why in self._lossy(name, cast[name]):
                     bad.setdefault(i, why)
         return cast, bad
+
+    def _null_items(self, column: Any) -> list[int]:
+        """Rows of a list column holding a null item (a model's ``list[int]`` has none)."""
+        pc = self._pc
+        items = pc.list_flatten(column)
+        if not items.null_count:
+            return []
+        parents = pc.filter(pc.list_parent_indices(column), pc.is_null(items))
+        return sorted(set(parents.to_pylist()))
 
     def _lossy(self, name: str, column: Any) -> list[tuple[int, str]]:
         """Rows whose value the column would store changed (the plan's check, column-wise)."""
@@ -447,13 +472,22 @@ class ArrowShaper:
             if len(column) == 1:
                 return [0]
             mid = len(column) // 2
-            left = self._uncastable(column.slice(0, mid), target)
-            return left + [mid + i for i in self._uncastable(column.slice(mid), target)]
+            left = self._uncastable(self._part(column, 0, mid), target)
+            right = self._uncastable(self._part(column, mid, len(column) - mid), target)
+            return left + [mid + i for i in right]
         return []
+
+    def _part(self, column: Any, start: int, length: int) -> Any:
+        """Rows ``start`` to ``start + length``: a slice, but compacted for a list column,
+        whose cast would otherwise judge the items of the rows outside the slice too."""
+        part = column.slice(start, length)
+        if self._pa.types.is_list(column.type) or self._pa.types.is_large_list(column.type):
+            return self._pc.take(part, self._pa.array(range(length), self._pa.int64()))
+        return part
 
     def _cast_error(self, column: Any, i: int, name: str) -> str:
         try:
-            self._pc.cast(column.slice(i, 1), self._types[name], safe=True)
+            self._pc.cast(self._part(column, i, 1), self._types[name], safe=True)
         except (self._pa.ArrowInvalid, self._pa.ArrowNotImplementedError) as exc:
             return str(exc).splitlines()[0]
         return "rejected"  # pragma: no cover  (only called for rows the cast refused)
