@@ -226,10 +226,16 @@ class StagedPublisher:
 
     async def _copy_foreign_keys(self, conn: asyncpg.Connection) -> None:
         """The target's FOREIGN KEYs on staging too, under their own names: an orphan is
-        then refused row by row as it is written (and dead-lettered), not at publish."""
+        then refused row by row as it is written (and dead-lettered), not at publish.
+
+        Not a key that references the target itself (a manager in the same table): its
+        parent may be a row of this very load, not in the table until the publish,
+        which checks it then.
+        """
         rows = await conn.fetch(
             """SELECT conname, pg_get_constraintdef(oid) AS definition FROM pg_constraint
                WHERE contype = 'f' AND conrelid = $1::regclass AND conparentid = 0
+                 AND confrelid <> $1::regclass
                  AND conname NOT IN (SELECT conname FROM pg_constraint
                                      WHERE conrelid = $2::regclass)""",
             self.target.sql_name,

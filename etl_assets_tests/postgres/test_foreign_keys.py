@@ -171,3 +171,34 @@ def test_a_referenced_replace_target_without_a_key_is_refused_at_prepare(
             await load(pg_dsn, parent, parents(range(3)), "parents-1", Parent)
 
     asyncio.run(scenario())
+
+
+class Employee(pydantic.BaseModel):
+    emp_id: int
+    manager_id: int | None
+
+
+def test_a_key_referencing_its_own_table_is_checked_at_publish_not_per_row(
+    pg_dsn: str, schema: str
+) -> None:
+    """Managers loaded in the same day as their reports: nothing is an orphan, all written."""
+
+    async def scenario() -> None:
+        table = qualified(schema, "emp")
+        await execute(
+            pg_dsn,
+            f"CREATE SCHEMA {quote_ident(schema)}; CREATE TABLE {table} (emp_id bigint NOT NULL, "
+            "manager_id bigint, data_date date NOT NULL, PRIMARY KEY (data_date, emp_id), "
+            "FOREIGN KEY (data_date, manager_id) REFERENCES "
+            f"{table} (data_date, emp_id)) PARTITION BY RANGE (data_date)",
+        )
+        target = TableTarget(
+            schema=schema, table="emp", columns=columns_from_model(Employee),
+            primary_key=("data_date", "emp_id"),
+        )  # fmt: skip
+        rows = [{"emp_id": i, "manager_id": i + 1 if i < 49 else None} for i in range(50)]
+        report = await load(pg_dsn, target, rows, "emp-1", Employee)
+        assert (report.written, report.dead_lettered) == (50, 0)
+        assert (await fetch(pg_dsn, f"SELECT count(*) FROM {table}"))[0][0] == 50
+
+    asyncio.run(scenario())
