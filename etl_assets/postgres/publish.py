@@ -272,7 +272,9 @@ class StagedPublisher:
             await self.ledger.publish_letters(conn, self.key)
             if self.target.mode is WriteMode.UPSERT:
                 await self._merge_rows(conn, staged)
-            elif await _references_to(conn, self.target):
+            elif await _references_to(conn, self.target) and (
+                kind is TargetKind.PLAIN or await self._partitions_for_day(conn)
+            ):  # a day not there yet has no rows to keep: swapped in like any other
                 await self._merge_day(conn, staged)
             elif kind is TargetKind.PARTITIONED:
                 await self._swap_partition(conn)

@@ -4,6 +4,7 @@ parent reloaded; a replay after the parent arrives writes the orphans once."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from typing import Any
 
 import pydantic
@@ -46,10 +47,12 @@ def child_target(schema: str) -> TableTarget:
     )
 
 
-async def load(dsn: str, target: TableTarget, rows: Any, load_id: str, model: Any) -> Any:
+async def load(
+    dsn: str, target: TableTarget, rows: Any, load_id: str, model: Any, day: dt.date = DAY
+) -> Any:
     async with PostgresResource(dsn=dsn).pool() as pool:
         return await load_partition(
-            pool, target, DAY, rows, load_id=load_id, model=model,
+            pool, target, day, rows, load_id=load_id, model=model,
             settings=LoadSettings(ledger_schema=target.schema, batch_size=100),
         )  # fmt: skip
 
@@ -200,5 +203,30 @@ def test_a_key_referencing_its_own_table_is_checked_at_publish_not_per_row(
         report = await load(pg_dsn, target, rows, "emp-1", Employee)
         assert (report.written, report.dead_lettered) == (50, 0)
         assert (await fetch(pg_dsn, f"SELECT count(*) FROM {table}"))[0][0] == 50
+
+    asyncio.run(scenario())
+
+
+def test_the_next_day_of_a_referenced_parent_is_swapped_in_and_its_children_load(
+    pg_dsn: str, schema: str
+) -> None:
+    """Children reference day 1; day 2 of the parent (no partition yet) publishes, then
+    day 2 of the children, each whole."""
+
+    async def scenario() -> None:
+        parent, child = parent_target(schema), child_target(schema)
+        await load(pg_dsn, parent, parents(range(100)), "parents-1", Parent)
+        await child_table(pg_dsn, schema)
+        await load(pg_dsn, child, [{"child_id": 1, "parent_id": 5}], "children-1", Child)
+        next_day = DAY + dt.timedelta(days=1)
+        report = await load(pg_dsn, parent, parents(range(10)), "parents-2", Parent, next_day)
+        assert (report.written, report.dead_lettered) == (10, 0)
+        rows = [{"child_id": i, "parent_id": i} for i in range(10)]
+        report = await load(pg_dsn, child, rows, "children-2", Child, next_day)
+        assert (report.written, report.dead_lettered) == (10, 0)
+        counts = await fetch(
+            pg_dsn, f"SELECT data_date, count(*) FROM {child.sql_name} GROUP BY 1 ORDER BY 1"
+        )
+        assert [tuple(r) for r in counts] == [(DAY, 1), (next_day, 10)]
 
     asyncio.run(scenario())
