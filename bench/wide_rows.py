@@ -75,6 +75,7 @@ def source_only(path: str, n: int, frame_rows: int) -> dict[str, Any]:
     from etl_assets import frames as shapes
     from etl_assets.postgres.loader import LoadSettings
 
+    started = time.perf_counter()
     if path == "records_source":
         rows = sum(1 for _ in records(n))
     else:
@@ -82,7 +83,13 @@ def source_only(path: str, n: int, frame_rows: int) -> dict[str, Any]:
         batches = shapes.arrow_batches(source, LoadSettings().batch_size)
         rows = sum(b.num_rows for b in batches)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"path": path, "rows": rows, "peak_rss_mb": round(peak_mb)}
+    elapsed = time.perf_counter() - started
+    return {
+        "path": path,
+        "rows": rows,
+        "rows_per_s": round(rows / elapsed),
+        "peak_rss_mb": round(peak_mb),
+    }
 
 
 async def load(
