@@ -48,6 +48,7 @@ from etl_assets.postgres.conversions import (
     Family,
     FieldKind,
     Verdict,
+    array_item_type,
     arrow_kind,
     column_type,
     columnar_kind,
@@ -267,11 +268,14 @@ class ArrowShaper:
         it is parsed, as the model would have it (text that is not JSON stays text, and
         the model's validation dead-letters it).
         """
-        parsed = []
+        parsed, parsed_items = [], []
         for name in self._columns:
-            if self._column_types[name].family is not Family.JSON:
-                continue
-            if name not in batch.schema.names:
+            col = self._column_types[name]
+            item_col = array_item_type(col)
+            items_json = item_col is not None and item_col.family is Family.JSON
+            if (col.family is not Family.JSON and not items_json) or (
+                name not in batch.schema.names
+            ):
                 continue
             arrow = batch.schema.field(name).type
             if _holds_struct(self._pa, arrow):
@@ -282,13 +286,20 @@ class ArrowShaper:
                     "the column as JSON text (e.g. df[col].map(json.dumps)), or return the "
                     "rows as records"
                 )
-            text = self._pa.types.is_string(arrow) or self._pa.types.is_large_string(arrow)
-            if text and self._kinds[name] not in (FieldKind.STR, FieldKind.ANY):
+            if self._kinds[name] in (FieldKind.STR, FieldKind.ANY):
+                continue
+            if items_json:
+                parsed_items.append(name)
+            elif _is_text(self._pa.types, arrow):
                 parsed.append(name)
         records: list[dict[str, Any]] = batch.to_pylist()
         for name in parsed:
             for record in records:
                 record[name] = _json_or_text(record[name])
+        for name in parsed_items:
+            for record in records:
+                if isinstance(record[name], list):
+                    record[name] = [_json_or_text(v) for v in record[name]]
         return records
 
     def _without_invalid_text(self, first: int, batch: Any) -> ShapedChunk:

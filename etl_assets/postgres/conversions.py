@@ -64,6 +64,7 @@ __all__ = [
     "ValueCheck",
     "ValueEncoding",
     "Verdict",
+    "array_item_type",
     "arrow_kind",
     "column_type",
     "columnar_kind",
@@ -427,6 +428,42 @@ def value_encoding(kind: FieldKind, column: str, col: ColumnType) -> ValueEncodi
     return None
 
 
+def array_item_type(col: ColumnType) -> ColumnType | None:
+    """The item type of a one-dimensional array column (``jsonb[]`` -> ``jsonb``), or None."""
+    text = col.spelling.strip()
+    if not text.endswith("[]") or text[:-2].rstrip().endswith("]"):
+        return None
+    return column_type(text[:-2])
+
+
+def _items_encoding(field: Any, column: str, col: ColumnType) -> ValueEncoding | None:
+    """An array whose items need an encoding (``jsonb[]`` of dicts, an enum type's array
+    of ``Enum`` members): each item encoded as a value of the item type would be."""
+    item_col = array_item_type(col)
+    if item_col is None:
+        return None
+    if field is None:  # no model: items by their own type
+        item_kind = FieldKind.ANY
+    else:
+        annotation = field.annotation
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(annotation) if a is not type(None)]
+            annotation = args[0] if len(args) == 1 else annotation
+        items = typing.get_args(annotation) if typing.get_origin(annotation) is list else ()
+        item_kind = field_kind(items[0]) if len(items) == 1 else FieldKind.OTHER
+    if item_kind is FieldKind.ANY and item_col.family is not Family.JSON:
+        return None
+    item = value_encoding(item_kind, column, item_col)
+    if item is None:
+        return None
+    encode = item.encode
+
+    def each(value: Any) -> Any:
+        return value if not isinstance(value, list | tuple) else [encode(v) for v in value]
+
+    return ValueEncoding(column, each)
+
+
 def _json_text(value: Any) -> Any:
     if value is None:
         return None
@@ -501,7 +538,7 @@ def conversion_plan(
         col = column_type(column_types[name])
         field = fields.get(name)
         kind = FieldKind.ANY if model is None else _kind_of(field)
-        encoding = value_encoding(kind, name, col)
+        encoding = value_encoding(kind, name, col) or _items_encoding(field, name, col)
         if encoding is not None:
             encodings.append(encoding)
         rule = verdict(kind, col)

@@ -51,6 +51,8 @@ class Wide(pydantic.BaseModel):
     clock: dt.time
     naive: pydantic.NaiveDatetime  # -> timestamp
     mood: Mood  # declared as the user's enum type
+    docs: list[dict[str, Any]]  # declared jsonb[]
+    moods: list[Mood]  # declared as an array of the user's enum type
 
 
 WIDE = PostgresTable(
@@ -63,6 +65,8 @@ WIDE = PostgresTable(
         Column("medium", "integer"),
         Column("amount", "numeric(12,4)"),
         Column("mood", "public.mood"),
+        Column("docs", "jsonb[]"),
+        Column("moods", "public.mood[]"),
     ),
 )
 
@@ -86,6 +90,8 @@ def record(i: int) -> dict[str, Any]:
         "clock": dt.time(23, 59, 59, 999_999 - i),
         "naive": dt.datetime(2024, 6, 3, 12, i % 60, 0),
         "mood": Mood.SAD if i % 2 else Mood.HAPPY,
+        "docs": [{"n": i}, {"other": [True, None]}],
+        "moods": [Mood.HAPPY, Mood.SAD, Mood.HAPPY],
     }
 
 
@@ -95,6 +101,8 @@ def read_back(row: Any) -> dict[str, Any]:
     values.pop("data_date")
     values["doc"], values["raw"] = json.loads(values["doc"]), json.loads(values["raw"])
     values["mood"] = Mood(values["mood"])
+    values["docs"] = [json.loads(d) for d in values["docs"]]
+    values["moods"] = [Mood(m) for m in values["moods"]]
     values["net"] = ipaddress.IPv4Network(values["net"])
     return values
 
@@ -111,6 +119,8 @@ def frame_of(records: list[dict[str, Any]]) -> pd.DataFrame:
             "ip": str(r["ip"]),
             "net": str(r["net"]),
             "mood": r["mood"].value,
+            "docs": [json.dumps(d) for d in r["docs"]],
+            "moods": [m.value for m in r["moods"]],
         }
         for r in records
     ]
@@ -147,7 +157,8 @@ def test_explicit_columns_round_trip_through_definition_metadata() -> None:
         "id": "bigint", "doc": "jsonb", "raw": "json", "tags": "text[]", "nums": "bigint[]",
         "days": "date[]", "small": "smallint", "medium": "integer", "amount": "numeric(12,4)",
         "ident": "uuid", "ip": "inet", "net": "cidr", "took": "interval", "blob": "bytea",
-        "clock": "time", "naive": "timestamp", "mood": "public.mood",
+        "clock": "time", "naive": "timestamp", "mood": "public.mood", "docs": "jsonb[]",
+        "moods": "public.mood[]",
     }  # fmt: skip
 
 
@@ -155,7 +166,7 @@ def test_explicit_columns_round_trip_through_definition_metadata() -> None:
 def test_every_type_loads_through_dagster_and_reads_back_equal(
     path: str, db_dsn: str, resources: dict[str, Any], instance: dg.DagsterInstance
 ) -> None:
-    """17 column types in one table, on the record and the DataFrame path: each value equal,
+    """19 column types in one table, on the record and the DataFrame path: each value equal,
     the checks green (the key digest checked)."""
     asyncio.run(execute(db_dsn, "CREATE TYPE public.mood AS ENUM ('happy', 'sad')"))
     records = [record(i) for i in range(1, 6)]
