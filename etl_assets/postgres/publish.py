@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import re
 
 import asyncpg
 
@@ -62,6 +63,9 @@ __all__ = [
     "refuse_default_partition_rows",
     "refuse_unkeyed_referenced",
 ]
+
+
+_DEFERRABLE = re.compile(r"\s+(NOT\s+)?DEFERRABLE(\s+INITIALLY\s+(DEFERRED|IMMEDIATE))?")
 
 
 class TargetKind(enum.Enum):
@@ -242,9 +246,12 @@ class StagedPublisher:
             self.staging_sql,
         )
         for row in rows:
+            # Checked at once even where the target defers it: a deferred check would fail
+            # the batch's COMMIT, where no row can be isolated any more.
+            definition = _DEFERRABLE.sub("", row["definition"])
             await conn.execute(
                 f"ALTER TABLE {self.staging_sql} ADD CONSTRAINT "
-                f"{quote_ident(row['conname'])} {row['definition']}"
+                f"{quote_ident(row['conname'])} {definition}"
             )
 
     async def publish(
@@ -333,6 +340,15 @@ class StagedPublisher:
         name = partition_table_name(self.target.table, self.day)
         day_column = quote_ident(self.target.partition_column)
         await conn.execute(f"ALTER TABLE {self.staging_sql} ALTER COLUMN {day_column} DROP DEFAULT")
+        staging = self.staging_sql
+        for deferrable in await conn.fetch(
+            """SELECT conname FROM pg_constraint WHERE contype = 'f' AND condeferrable
+                 AND conrelid = $1::regclass AND conparentid = 0""",
+            parent,
+        ):  # staging checked a deferrable key at once; the partition takes the parent's own
+            await conn.execute(
+                f"ALTER TABLE {staging} DROP CONSTRAINT IF EXISTS {quote_ident(deferrable[0])}"
+            )
         await conn.execute(f"ALTER TABLE {self.staging_sql} RENAME TO {quote_ident(name)}")
         await conn.execute(
             f"ALTER TABLE {parent} ATTACH PARTITION {qualified(self.target.schema, name)} "

@@ -72,29 +72,31 @@ def children() -> list[dict[str, Any]]:
     ]
 
 
-async def child_table(dsn: str, schema: str) -> None:
+async def child_table(dsn: str, schema: str, deferred: bool = False) -> None:
     """The child table as a DBA makes it: a FOREIGN KEY on (day, parent) to the parent."""
+    when = " DEFERRABLE INITIALLY DEFERRED" if deferred else ""
     await execute(
         dsn,
         f"CREATE TABLE {qualified(schema, 'child')} (child_id bigint NOT NULL, "
         f"parent_id bigint NOT NULL, data_date date NOT NULL, "
         f"PRIMARY KEY (data_date, child_id), CONSTRAINT child_parent_fk FOREIGN KEY "
         f"(data_date, parent_id) REFERENCES {qualified(schema, 'parent')} (data_date, parent_id)"
-        f") PARTITION BY RANGE (data_date)",
+        f"{when}) PARTITION BY RANGE (data_date)",
     )
 
 
+@pytest.mark.parametrize("deferred", [False, True], ids=["immediate", "deferred"])
 def test_orphans_are_dead_lettered_the_rest_published_and_replayed_once_the_parent_arrives(
-    pg_dsn: str, schema: str
+    pg_dsn: str, schema: str, deferred: bool
 ) -> None:
     """9 orphans among 300 children: 291 published, 9 letters naming the constraint and the
-    missing key; the parents arrive (a reload of the referenced parent); the replay writes
-    the 9 once, and the checks agree."""
+    missing key (a deferred key too); the parents arrive (a reload of the referenced
+    parent); the replay writes the 9 once, and the checks agree."""
 
     async def scenario() -> None:
         parent, child = parent_target(schema), child_target(schema)
         await load(pg_dsn, parent, parents(range(100)), "parents-1", Parent)
-        await child_table(pg_dsn, schema)
+        await child_table(pg_dsn, schema, deferred)
         report = await load(pg_dsn, child, children(), "children-1", Child)
         assert (report.enqueued, report.written, report.dead_lettered) == (300, 291, 9)
         letters = await fetch(
@@ -116,6 +118,13 @@ def test_orphans_are_dead_lettered_the_rest_published_and_replayed_once_the_pare
         assert [r["error_detail"] for r in letters] == missing
         child_sql = qualified(schema, "child")
         assert (await fetch(pg_dsn, f"SELECT count(*) FROM {child_sql}"))[0][0] == 291
+        keys = await fetch(
+            pg_dsn,
+            "SELECT conname, condeferrable FROM pg_constraint c JOIN pg_inherits i "
+            "ON i.inhrelid = c.conrelid WHERE i.inhparent = $1::regclass AND contype = 'f'",
+            child_sql,
+        )
+        assert [tuple(k) for k in keys] == [("child_parent_fk", deferred)]  # the parent's own
         assert (await partition_audit(pg_dsn, child, ledger_schema=schema)).ok
 
         # The parent day reloaded with its late parents, while children reference it.
