@@ -15,7 +15,7 @@ from etl_assets.postgres.loader import LoadSettings, load_partition
 from etl_assets.postgres.replay import replay_dead_letters
 from etl_assets.postgres.resource import PostgresResource
 from etl_assets.postgres.sql import qualified, quote_ident
-from etl_assets.postgres.target import TableTarget, columns_from_model
+from etl_assets.postgres.target import TableTarget, WriteMode, columns_from_model
 from etl_assets_tests.postgres.helpers import DAY, execute, fetch, partition_audit
 
 
@@ -242,5 +242,37 @@ def test_the_next_day_of_a_referenced_parent_is_swapped_in_and_its_children_load
             pg_dsn, f"SELECT data_date, count(*) FROM {child.sql_name} GROUP BY 1 ORDER BY 1"
         )
         assert [tuple(r) for r in counts] == [(DAY, 1), (next_day, 10)]
+
+    asyncio.run(scenario())
+
+
+def test_orphans_of_an_upsert_target_are_dead_lettered_and_the_rest_merged(
+    pg_dsn: str, schema: str
+) -> None:
+    """An upsert child (a plain table) with a foreign key: the orphan is one dead letter."""
+
+    async def scenario() -> None:
+        parent = parent_target(schema)
+        child = TableTarget(
+            schema=schema, table="child", columns=columns_from_model(Child),
+            primary_key=("data_date", "child_id"), mode=WriteMode.UPSERT,
+        )  # fmt: skip
+        await load(pg_dsn, parent, parents(range(10)), "parents-1", Parent)
+        await execute(
+            pg_dsn,
+            f"CREATE TABLE {child.sql_name} (child_id bigint NOT NULL, parent_id bigint, "
+            "data_date date NOT NULL, PRIMARY KEY (data_date, child_id), CONSTRAINT to_parent "
+            f"FOREIGN KEY (data_date, parent_id) REFERENCES {parent.sql_name} "
+            "(data_date, parent_id))",
+        )
+        rows = [{"child_id": i, "parent_id": 99 if i == 3 else i} for i in range(10)]
+        report = await load(pg_dsn, child, rows, "children-1", Child)
+        assert (report.written, report.dead_lettered) == (9, 1)
+        letters = await fetch(
+            pg_dsn, f"SELECT record_no, sqlstate FROM {qualified(schema, 'dead_letters')}"
+        )
+        assert [tuple(r) for r in letters] == [(3, "23503")]
+        ids = await fetch(pg_dsn, f"SELECT child_id FROM {child.sql_name} ORDER BY 1")
+        assert [r[0] for r in ids] == [0, 1, 2, 4, 5, 6, 7, 8, 9]
 
     asyncio.run(scenario())
