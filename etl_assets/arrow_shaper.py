@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib
+import json
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -44,8 +45,10 @@ from etl_assets.frames import INVALID_TEXT_COLUMN, require_pyarrow
 from etl_assets.postgres.arrow_copy import ArrowRows, arrow_type
 from etl_assets.postgres.conversions import (
     ConversionPlan,
+    Family,
     FieldKind,
     Verdict,
+    array_item_type,
     arrow_kind,
     column_type,
     columnar_kind,
@@ -82,6 +85,9 @@ def _plain_annotation(annotation: Any) -> tuple[type | None, bool]:
     if typing.get_origin(annotation) is typing.Literal:
         kinds = {type(v) for v in typing.get_args(annotation)}
         return (kinds.pop() if kinds in ({str}, {int}) else None), nullable
+    if typing.get_origin(annotation) is list:  # list[int]: items of one plain type, no None
+        items = typing.get_args(annotation)
+        return (list if len(items) == 1 and items[0] in _PLAIN else None), nullable
     return (annotation if annotation in _PLAIN else None), nullable
 
 
@@ -115,9 +121,32 @@ def vectorisable(model: type[pydantic.BaseModel]) -> bool:
     ):
         return False
     return all(
-        _plain_annotation(f.annotation)[0] is not None and all(map(_checkable, f.metadata))
+        _plain_annotation(f.annotation)[0] is not None
+        and all(map(_checkable, f.metadata))
+        and not (f.metadata and _plain_annotation(f.annotation)[0] is list)  # item bounds
         for f in model.model_fields.values()
     )
+
+
+def _holds_struct(pa: Any, arrow_type: Any) -> bool:
+    """True if an Arrow type is, or nests, a struct."""
+    t = pa.types
+    if t.is_struct(arrow_type):
+        return True
+    if t.is_list(arrow_type) or t.is_large_list(arrow_type) or t.is_fixed_size_list(arrow_type):
+        return _holds_struct(pa, arrow_type.value_type)
+    if t.is_map(arrow_type):
+        return _holds_struct(pa, arrow_type.key_type) or _holds_struct(pa, arrow_type.item_type)
+    return False
+
+
+def _json_or_text(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
 
 
 # Source Arrow type kinds a target kind accepts, mirroring pydantic's lax mode.
@@ -139,6 +168,9 @@ def _accepts(pa: Any, target: Any, source: Any) -> bool:
         return bool(t.is_timestamp(s) or t.is_date(s) or _is_text(t, s))
     if t.is_time(target):
         return bool(t.is_time(s) or _is_text(t, s))
+    if t.is_list(target):
+        lists = t.is_list(s) or t.is_large_list(s) or t.is_fixed_size_list(s)
+        return bool(lists and _accepts(pa, target.value_type, s.value_type))
     return False
 
 
@@ -197,6 +229,7 @@ class ArrowShaper:
             model,
             partition_from_table=partition_from_table,
             checks=self._plan.checks,
+            encodings=self._plan.encodings,
         )
         self._adapter = pydantic.TypeAdapter(model) if model is not None else None
         types_ = {c: arrow_type(self._pa, column_types[c]) for c in self._columns}
@@ -209,6 +242,11 @@ class ArrowShaper:
             for name, f in (model.model_fields.items() if model is not None else ())
             if name in self._types and not _plain_annotation(f.annotation)[1]
         }
+        self._lists_without_none = {
+            name
+            for name, f in (model.model_fields.items() if model is not None else ())
+            if name in self._types and _plain_annotation(f.annotation)[0] is list
+        }
         self._days: Any = self._pa.array([], self._pa.date32())
 
     def shape(self, first_record_no: int, batch: Any) -> ShapedChunk:
@@ -216,9 +254,53 @@ class ArrowShaper:
         if INVALID_TEXT_COLUMN in batch.schema.names:
             return self._without_invalid_text(first_record_no, batch)
         if not self.vectorised:  # constraints or types only pydantic can check
-            return self._records.shape(first_record_no, batch.to_pylist())
+            return self._records.shape(first_record_no, self._as_records(batch))
         with collector.paused():
             return self._shape(first_record_no, batch)
+
+    def _as_records(self, batch: Any) -> list[dict[str, Any]]:
+        """The batch as dicts for the record path, its JSON columns as the model holds them.
+
+        A column bound for ``json``/``jsonb`` must not be an Arrow struct: Arrow gives
+        every dict of a column every key any of them has (a key one lacks reads as null),
+        so what it holds is not what the source said; refused, naming the way that is.
+        Text there is JSON text: for a field that holds a dict or a list (not ``str``)
+        it is parsed, as the model would have it (text that is not JSON stays text, and
+        the model's validation dead-letters it).
+        """
+        parsed, parsed_items = [], []
+        for name in self._columns:
+            col = self._column_types[name]
+            item_col = array_item_type(col)
+            items_json = item_col is not None and item_col.family is Family.JSON
+            if (col.family is not Family.JSON and not items_json) or (
+                name not in batch.schema.names
+            ):
+                continue
+            arrow = batch.schema.field(name).type
+            if _holds_struct(self._pa, arrow):
+                raise ConfigurationError(
+                    f"column {name!r} of the DataFrame is {arrow}: Arrow gave each dict every "
+                    "key of the column (a missing key reads as null), so it cannot be stored "
+                    f"into {self._column_types[name].spelling} as the source had it. Carry "
+                    "the column as JSON text (e.g. df[col].map(json.dumps)), or return the "
+                    "rows as records"
+                )
+            if self._kinds[name] in (FieldKind.STR, FieldKind.ANY):
+                continue
+            if items_json:
+                parsed_items.append(name)
+            elif _is_text(self._pa.types, arrow):
+                parsed.append(name)
+        records: list[dict[str, Any]] = batch.to_pylist()
+        for name in parsed:
+            for record in records:
+                record[name] = _json_or_text(record[name])
+        for name in parsed_items:
+            for record in records:
+                if isinstance(record[name], list):
+                    record[name] = [_json_or_text(v) for v in record[name]]
+        return records
 
     def _without_invalid_text(self, first: int, batch: Any) -> ShapedChunk:
         """The batch shaped, but its rows whose text was not valid Unicode dead-lettered.
@@ -285,12 +367,24 @@ class ArrowShaper:
             if name in self._required and column.null_count:
                 for i in self._indices(pc.is_null(column)):
                     bad.setdefault(i, f"{name}: null in a column that does not allow None")
+            if name in self._lists_without_none and name in cast:
+                for i in self._null_items(cast[name]):
+                    bad.setdefault(i, f"{name}: null item in a list whose items are not None")
             if name in cast:
                 for i, why in self._constraint_violations(name, cast[name]):
                     bad.setdefault(i, f"{name}: {why}")
                 for i, why in self._lossy(name, cast[name]):
                     bad.setdefault(i, why)
         return cast, bad
+
+    def _null_items(self, column: Any) -> list[int]:
+        """Rows of a list column holding a null item (a model's ``list[int]`` has none)."""
+        pc = self._pc
+        items = pc.list_flatten(column)
+        if not items.null_count:
+            return []
+        parents = pc.filter(pc.list_parent_indices(column), pc.is_null(items))
+        return sorted(set(parents.to_pylist()))
 
     def _lossy(self, name: str, column: Any) -> list[tuple[int, str]]:
         """Rows whose value the column would store changed (the plan's check, column-wise)."""
@@ -389,13 +483,22 @@ class ArrowShaper:
             if len(column) == 1:
                 return [0]
             mid = len(column) // 2
-            left = self._uncastable(column.slice(0, mid), target)
-            return left + [mid + i for i in self._uncastable(column.slice(mid), target)]
+            left = self._uncastable(self._part(column, 0, mid), target)
+            right = self._uncastable(self._part(column, mid, len(column) - mid), target)
+            return left + [mid + i for i in right]
         return []
+
+    def _part(self, column: Any, start: int, length: int) -> Any:
+        """Rows ``start`` to ``start + length``: a slice, but compacted for a list column,
+        whose cast would otherwise judge the items of the rows outside the slice too."""
+        part = column.slice(start, length)
+        if self._pa.types.is_list(column.type) or self._pa.types.is_large_list(column.type):
+            return self._pc.take(part, self._pa.array(range(length), self._pa.int64()))
+        return part
 
     def _cast_error(self, column: Any, i: int, name: str) -> str:
         try:
-            self._pc.cast(column.slice(i, 1), self._types[name], safe=True)
+            self._pc.cast(self._part(column, i, 1), self._types[name], safe=True)
         except (self._pa.ArrowInvalid, self._pa.ArrowNotImplementedError) as exc:
             return str(exc).splitlines()[0]
         return "rejected"  # pragma: no cover  (only called for rows the cast refused)

@@ -33,6 +33,7 @@ __all__ = [
     "RecordError",
     "RetryableError",
     "StatementTimeoutError",
+    "UnencodableValueError",
     "classify",
 ]
 
@@ -101,6 +102,10 @@ class RecordError(EtlError):
     ) -> None:
         super().__init__(message, sqlstate=sqlstate)
         self.detail = detail
+
+
+class UnencodableValueError(RecordError):
+    """A value its column's encoding cannot express (a set or NaN into jsonb): a dead letter."""
 
 
 class FatalError(EtlError):

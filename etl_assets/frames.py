@@ -20,6 +20,7 @@ import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from etl_assets.batch_bytes import ARROW_COPIES, DEFAULT_BATCH_BYTES, split_by_bytes
 from etl_assets.errors import ConfigurationError
 from etl_assets.postgres.conversions import invalid_text
 
@@ -162,8 +163,11 @@ def require_pyarrow(what: str) -> Any:
     return pyarrow
 
 
-def arrow_batches(source: RecordSource, batch_size: int) -> Iterator[pa.RecordBatch]:
-    """The columnar ``source`` as record batches of at most ``batch_size`` rows."""
+def arrow_batches(
+    source: RecordSource, batch_size: int, batch_bytes: int = DEFAULT_BATCH_BYTES
+) -> Iterator[pa.RecordBatch]:
+    """The columnar ``source`` as record batches of at most ``batch_size`` rows and about
+    ``batch_bytes / ARROW_COPIES`` Arrow bytes (``etl_assets.batch_bytes``)."""
     pa = require_pyarrow("a DataFrame output")
     chunks: Iterable[Any] = source if isinstance(source, _FrameChunks) else [source]
     for chunk in chunks:
@@ -174,7 +178,7 @@ def arrow_batches(source: RecordSource, batch_size: int) -> Iterator[pa.RecordBa
             )
         for batch in _batches_of(pa, chunk, batch_size):
             if batch.num_rows:
-                yield batch
+                yield from split_by_bytes(batch, batch_bytes // ARROW_COPIES)
 
 
 def _batches_of(pa: Any, frame: Any, batch_size: int) -> Iterator[pa.RecordBatch]:

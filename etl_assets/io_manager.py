@@ -23,6 +23,7 @@ import dagster as dg
 from dagster._core.storage.tags import BACKFILL_ID_TAG
 from pydantic import Field
 
+from etl_assets.batch_bytes import DEFAULT_BATCH_BYTES
 from etl_assets.catalog import partition_row_count, table_metadata
 from etl_assets.checks import evaluate_partitions, plans_in_run
 from etl_assets.errors import ConfigurationError
@@ -106,6 +107,14 @@ class ResilientPostgresIOManager(dg.ConfigurableIOManager):
 
     postgres: PostgresResource
     batch_size: int = Field(default=25_000, ge=1, description="Records per transaction.")
+    batch_bytes: int = Field(
+        default=DEFAULT_BATCH_BYTES,
+        ge=1,
+        description=(
+            "Estimated bytes per transaction: a batch of wide rows is cut before batch_size "
+            "(etl_assets.batch_bytes), so memory stays bounded whatever the row width."
+        ),
+    )
     writers: int = Field(default=3, ge=1, description="Concurrent batch writers per partition.")
     max_dead_letter_ratio: float = Field(
         default=0.05,
@@ -134,6 +143,7 @@ class ResilientPostgresIOManager(dg.ConfigurableIOManager):
     def settings(self, spec: PostgresTable) -> LoadSettings:
         return LoadSettings(
             batch_size=spec.batch_size or self.batch_size,
+            batch_bytes=self.batch_bytes,
             writers=self.writers,
             max_dead_letter_ratio=(
                 self.max_dead_letter_ratio

@@ -19,7 +19,8 @@ import pydantic
 import pydantic_core
 
 from etl_assets import collector
-from etl_assets.postgres.conversions import ValueCheck
+from etl_assets.errors import UnencodableValueError
+from etl_assets.postgres.conversions import ValueCheck, ValueEncoding
 
 __all__ = ["DeadLetter", "RecordShaper", "ShapedChunk", "payload_json"]
 
@@ -135,6 +136,7 @@ class RecordShaper:
         *,
         partition_from_table: bool = False,
         checks: Sequence[ValueCheck] = (),
+        encodings: Sequence[ValueEncoding] = (),
     ) -> None:
         """``partition_from_table``: rows hold the data columns only, because the table
         they are copied into fills the partition column itself (a ``DEFAULT`` of the
@@ -144,6 +146,11 @@ class RecordShaper:
         (:mod:`etl_assets.postgres.conversions`); a value its column would store changed
         is dead-lettered as ``LossyConversion``. Only the columns that need one are
         looked at: an exact pair costs nothing.
+
+        ``encodings``: the plan's encodings (a dict into ``jsonb`` as its JSON text, an
+        ``Enum`` as its value), applied before the checks; a value without such a form
+        is dead-lettered as ``UnencodableValue`` with the reason, never a ``TypeError``
+        from the driver.
         """
         if partition_column in data_columns:
             raise ValueError(f"{partition_column!r} is the partition column, not a data column")
@@ -167,6 +174,9 @@ class RecordShaper:
             if c.column in data_columns
         ]
         self._by_item = _tuple_getter(operator.itemgetter, tuple(data_columns))
+        self._encodings = [
+            (data_columns.index(e.column), e) for e in encodings if e.column in data_columns
+        ]
 
     def shape(self, first_record_no: int, records: Sequence[Any]) -> ShapedChunk:
         """Validate and convert ``records``, numbered from ``first_record_no``.
@@ -181,6 +191,8 @@ class RecordShaper:
         """
         with collector.paused():
             chunk = self._shape(first_record_no, records)
+            if self._encodings:
+                chunk = self._encoded(chunk, first_record_no, records)
             return self._checked(chunk, first_record_no, records) if self._checks else chunk
 
     def _shape(self, first_record_no: int, records: Sequence[Any]) -> ShapedChunk:
@@ -200,6 +212,20 @@ class RecordShaper:
         slow = self._shape_one_by_one(items, record_nos)
         return ShapedChunk(slow.rows, slow.record_nos, sorted_letters([*rejected, *slow.rejected]))
 
+    def _encoded(self, chunk: ShapedChunk, first: int, records: Sequence[Any]) -> ShapedChunk:
+        """``chunk`` with the encoded columns in the driver's form, and without the rows
+        holding a value that has none (dead letters naming the column and why)."""
+        rows = [list(row) for row in chunk.rows]
+        failed: dict[int, str] = {}
+        for position, encoding in self._encodings:
+            for i, row in enumerate(rows):
+                try:
+                    row[position] = encoding.encode(row[position])
+                except UnencodableValueError as exc:
+                    failed.setdefault(i, encoding.reason(exc))
+        encoded = ShapedChunk(list(map(tuple, rows)), chunk.record_nos, chunk.rejected)
+        return self._without(encoded, failed, first, records, "UnencodableValue")
+
     def _checked(self, chunk: ShapedChunk, first: int, records: Sequence[Any]) -> ShapedChunk:
         """``chunk`` without the rows holding a value its column would store changed."""
         lossy: dict[int, str] = {}
@@ -213,18 +239,25 @@ class RecordShaper:
             for i, why in enumerate(reasons):
                 if why is not None and i not in lossy:
                     lossy[i] = f"{check.column}: {why}"
-        if not lossy:
+        return self._without(chunk, lossy, first, records, "LossyConversion")
+
+    @staticmethod
+    def _without(
+        chunk: ShapedChunk, bad: dict[int, str], first: int, records: Sequence[Any], label: str
+    ) -> ShapedChunk:
+        """``chunk`` without the rows ``bad`` names, each a dead letter ``label`` with why."""
+        if not bad:
             return chunk
         letters = [
             DeadLetter(
                 chunk.record_nos[i],
                 payload_json(records[chunk.record_nos[i] - first]),
-                "LossyConversion",
+                label,
                 why,
             )
-            for i, why in lossy.items()
+            for i, why in bad.items()
         ]
-        keep = [i for i in range(len(chunk.rows)) if i not in lossy]
+        keep = [i for i in range(len(chunk.rows)) if i not in bad]
         return ShapedChunk(
             [chunk.rows[i] for i in keep],
             [chunk.record_nos[i] for i in keep],

@@ -4,7 +4,8 @@ The IO manager, the asset checks and the replay job all need the same facts (tab
 primary key, write mode, record model, partition column). They travel as the asset's
 definition metadata, so they are also what the Dagster UI shows on the asset page, and
 are rebuilt from it with :meth:`PostgresTable.from_metadata`. Only plain values go into
-metadata; the record model travels as its import path.
+metadata; the record model travels as its import path, explicit columns as a mapping of
+name to type (``{"tags": "jsonb", "qty": "smallint not null"}``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ from typing import Any
 import pydantic
 
 from etl_assets.errors import ConfigurationError
-from etl_assets.postgres.target import SchemaChange, TableTarget, WriteMode, columns_from_model
+from etl_assets.postgres.target import (
+    Column,
+    SchemaChange,
+    TableTarget,
+    WriteMode,
+    columns_from_model,
+)
 
 __all__ = ["METADATA_PREFIX", "PostgresTable"]
 
@@ -41,6 +48,10 @@ class PostgresTable:
         on_schema_change: ``refuse`` (default: a model field the table lacks is refused at
             prepare, naming the ALTER TABLE) or ``add_columns`` (it is added as a nullable
             column; older partitions read NULL). Other drift is always refused.
+        columns: explicit columns, each naming a field of the model, that win over the
+            type the field derives: ``Column("qty", "smallint")``,
+            ``Column("amount", "numeric(12,4)")``, ``Column("tags", "jsonb")``, a user's
+            enum type. The other fields keep their derived types (README: "Column types").
     """
 
     table: str
@@ -52,10 +63,17 @@ class PostgresTable:
     batch_size: int | None = None
     max_dead_letter_ratio: float | None = None
     on_schema_change: SchemaChange = SchemaChange.REFUSE
+    columns: tuple[Column, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", _write_mode(self.mode, self.table))
         object.__setattr__(self, "primary_key", tuple(self.primary_key))
+        object.__setattr__(self, "columns", tuple(self.columns))
+        if not all(isinstance(c, Column) for c in self.columns):
+            raise ConfigurationError(
+                f"table {self.table!r}: columns are Column(name, pg_type) values, e.g. "
+                "columns=(Column('tags', 'jsonb'),)"
+            )
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigurationError(f"table {self.table!r}: batch_size must be >= 1")
         ratio = self.max_dead_letter_ratio
@@ -80,7 +98,9 @@ class PostgresTable:
         return TableTarget(
             schema=self.schema,
             table=self.table,
-            columns=columns_from_model(self.model, exclude=(self.partition_column,)),
+            columns=columns_from_model(
+                self.model, exclude=(self.partition_column,), columns=self.columns
+            ),
             partition_column=self.partition_column,
             mode=self.mode,
             primary_key=self.primary_key,
@@ -103,6 +123,8 @@ class PostgresTable:
             values["max_dead_letter_ratio"] = self.max_dead_letter_ratio
         if self.on_schema_change is not SchemaChange.REFUSE:
             values["on_schema_change"] = self.on_schema_change.value
+        if self.columns:
+            values["columns"] = {c.name: _column_text(c) for c in self.columns}
         return {METADATA_PREFIX + k: v for k, v in values.items()}
 
     @classmethod
@@ -121,6 +143,11 @@ class PostgresTable:
         key = str(values.get("primary_key") or "")
         batch_size = values.get("batch_size")
         ratio = values.get("max_dead_letter_ratio")
+        columns = values.get("columns") or {}
+        if not isinstance(columns, Mapping):
+            raise ConfigurationError(
+                f"asset {owner}: metadata 'etl_assets/columns' must map column names to types"
+            )
         return cls(
             table=str(values["table"]),
             model=_import_model(str(values["model"]), owner),
@@ -131,6 +158,7 @@ class PostgresTable:
             batch_size=int(batch_size) if batch_size is not None else None,
             max_dead_letter_ratio=float(ratio) if ratio is not None else None,
             on_schema_change=str(values.get("on_schema_change", "refuse")),  # type: ignore[arg-type]  # checked by __post_init__
+            columns=tuple(_column_of(str(k), str(v)) for k, v in columns.items()),
         )
 
 
@@ -142,6 +170,21 @@ def _write_mode(mode: WriteMode | str, table: str) -> WriteMode:
         raise ConfigurationError(
             f"table {table!r}: mode {mode!r} is not one of {choices}"
         ) from None
+
+
+_NOT_NULL = " not null"
+
+
+def _column_text(column: Column) -> str:
+    """A column's metadata value: its type, with `` not null`` when it is."""
+    return column.pg_type + ("" if column.nullable else _NOT_NULL)
+
+
+def _column_of(name: str, text: str) -> Column:
+    """The inverse of :func:`_column_text`."""
+    if text.lower().endswith(_NOT_NULL):
+        return Column(name, text[: -len(_NOT_NULL)], nullable=False)
+    return Column(name, text)
 
 
 def _raw(value: Any) -> Any:

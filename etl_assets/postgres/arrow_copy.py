@@ -34,9 +34,17 @@ def arrow_type(pa: Any, pg_type: str) -> pa.DataType | None:
     """The Arrow type pgpq encodes as ``pg_type`` (``format_type`` spelling), or None.
 
     None means the columnar path cannot write that column (numeric, uuid, jsonb,
-    arrays, ...): the loader then validates and writes those batches record by record.
+    interval, ...): the loader then validates and writes those batches record by record.
+    A one-dimensional array of a type pgpq encodes is an Arrow list of that type
+    (``bigint[]`` is ``list<int64>``: pgpq's element type must be the column's own).
+    ``interval`` stays on the record path: pgpq would send a ``timedelta`` of a day as
+    24 hours, asyncpg as 1 day (equal, but spelled differently by the server).
     """
     base = re.sub(r"\(.*?\)", "", pg_type).strip()
+    if base.endswith("[]"):
+        element = base.removesuffix("[]").strip()
+        inner = None if element.endswith("]") else arrow_type(pa, element)
+        return None if inner is None else pa.list_(inner)
     simple: dict[str, Any] = {
         "bigint": pa.int64(),
         "integer": pa.int32(),

@@ -22,6 +22,13 @@ Both paths use the table: the record path calls :meth:`ValueCheck.problem` per v
 the columnar path computes :meth:`ValueCheck.arrow_mask` per column (or relies on
 Arrow's safe cast, which refuses the same integer and float values) and asks
 ``problem`` only for the rows it flags, so the reason is worded in one place.
+
+A few pairs need the value put in the form the driver takes before it is sent
+(:class:`ValueEncoding`, the plan's ``encodings``): a dict, list or nested model into
+``json``/``jsonb`` becomes its JSON text (the driver takes only text there, and a raw
+``TypeError`` was all a dict got), an ``Enum`` member becomes its value. A value that
+has no such form (a set, NaN, bytes into JSON) raises :class:`UnencodableValueError`
+with the reason, and the record is a dead letter.
 """
 
 from __future__ import annotations
@@ -29,11 +36,13 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import enum
+import json
 import operator
 import re
 import struct
 import types
 import typing
+import uuid
 import zoneinfo
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -42,7 +51,7 @@ from typing import Any
 import annotated_types
 import pydantic
 
-from etl_assets.errors import ConfigurationError
+from etl_assets.errors import ConfigurationError, UnencodableValueError
 from etl_assets.postgres.sql import quote_ident
 
 __all__ = [
@@ -53,7 +62,9 @@ __all__ = [
     "FieldKind",
     "Rule",
     "ValueCheck",
+    "ValueEncoding",
     "Verdict",
+    "array_item_type",
     "arrow_kind",
     "column_type",
     "columnar_kind",
@@ -62,6 +73,7 @@ __all__ = [
     "invalid_text",
     "refusal",
     "value_check",
+    "value_encoding",
     "verdict",
 ]
 
@@ -85,6 +97,9 @@ class FieldKind(enum.StrEnum):
     AWARE_DATETIME = "AwareDatetime"
     NAIVE_DATETIME = "NaiveDatetime"
     DATE = "date"
+    MAPPING = "dict"  # dict, Mapping, a nested model: a JSON object
+    SEQUENCE = "list"  # list, tuple: an array, or a JSON array
+    ENUM = "Enum"  # a plain Enum (not a str or int one): stored as its value
     OTHER = "other"
 
 
@@ -105,6 +120,7 @@ class Family(enum.StrEnum):
     TIMESTAMPTZ = "timestamp with time zone"
     TIMESTAMP = "timestamp without time zone"
     DATE = "date"
+    JSON = "json/jsonb"
     OTHER = "other"
 
 
@@ -137,6 +153,8 @@ _INT_SPELLINGS = {
     "timestamp without time zone": Family.TIMESTAMP,
     "timestamp": Family.TIMESTAMP,
     "date": Family.DATE,
+    "json": Family.JSON,
+    "jsonb": Family.JSON,
 }
 _NUMERIC = re.compile(r"^(?:numeric|decimal)(?:\((\d+)(?:,\s*(\d+))?\))?$")
 _VARCHAR = re.compile(r"^(?:character varying|varchar)(?:\((\d+)\))?$")
@@ -190,12 +208,21 @@ def field_kind(annotation: Any) -> FieldKind:
     if typing.get_origin(annotation) is typing.Literal:
         kinds = {field_kind(type(v)) for v in typing.get_args(annotation)}
         return kinds.pop() if len(kinds) == 1 else FieldKind.OTHER
+    if typing.get_origin(annotation) is typing.Annotated:
+        return field_kind(typing.get_args(annotation)[0])
     if annotation in _KINDS:
         return _KINDS[annotation]
-    if isinstance(annotation, type):
+    origin = typing.get_origin(annotation) or annotation
+    if isinstance(origin, type):
         for cls, kind in _CLASSES:
-            if issubclass(annotation, cls):
+            if issubclass(origin, cls):
                 return kind
+        if issubclass(origin, Mapping | pydantic.BaseModel):
+            return FieldKind.MAPPING
+        if issubclass(origin, list | tuple):
+            return FieldKind.SEQUENCE
+        if issubclass(origin, enum.Enum):
+            return FieldKind.ENUM
     return FieldKind.OTHER
 
 
@@ -371,11 +398,119 @@ def value_check(kind: FieldKind, column: str, col: ColumnType) -> ValueCheck | N
     return ValueCheck(column, col, _PROBLEMS[col.family](col))
 
 
+Encode = Callable[[Any], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ValueEncoding:
+    """The form one column's values take before the driver sees them (see the docstring
+    at the top); ``encode`` raises :class:`UnencodableValueError` with the reason."""
+
+    column: str
+    encode: Encode
+
+    def reason(self, exc: UnencodableValueError) -> str:
+        return f"{self.column}: {exc}"
+
+
+def value_encoding(kind: FieldKind, column: str, col: ColumnType) -> ValueEncoding | None:
+    """The encoding a pair needs, or None: the driver takes the field's values as they are.
+
+    Into ``json``/``jsonb``: a ``str`` field's value is JSON text already (the server
+    refuses one that is not JSON: a dead letter); without a model, a ``str`` value is
+    taken as JSON text and any other value is encoded; any other field's value is
+    encoded (a ``dict | str`` field's ``"a"`` becomes the JSON string ``"a"``).
+    """
+    if col.family is Family.JSON and kind is not FieldKind.STR:
+        return ValueEncoding(column, _json_text_unless_str if kind is FieldKind.ANY else _json_text)
+    if kind is FieldKind.ENUM:
+        return ValueEncoding(column, _enum_value)
+    return None
+
+
+def array_item_type(col: ColumnType) -> ColumnType | None:
+    """The item type of a one-dimensional array column (``jsonb[]`` -> ``jsonb``), or None."""
+    text = col.spelling.strip()
+    if not text.endswith("[]") or text[:-2].rstrip().endswith("]"):
+        return None
+    return column_type(text[:-2])
+
+
+def _items_encoding(field: Any, column: str, col: ColumnType) -> ValueEncoding | None:
+    """An array whose items need an encoding (``jsonb[]`` of dicts, an enum type's array
+    of ``Enum`` members): each item encoded as a value of the item type would be."""
+    item_col = array_item_type(col)
+    if item_col is None:
+        return None
+    if field is None:  # no model: items by their own type
+        item_kind = FieldKind.ANY
+    else:
+        annotation = field.annotation
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(annotation) if a is not type(None)]
+            annotation = args[0] if len(args) == 1 else annotation
+        items = typing.get_args(annotation) if typing.get_origin(annotation) is list else ()
+        item_kind = field_kind(items[0]) if len(items) == 1 else FieldKind.OTHER
+    if item_kind is FieldKind.ANY and item_col.family is not Family.JSON:
+        return None
+    item = value_encoding(item_kind, column, item_col)
+    if item is None:
+        return None
+    encode = item.encode
+
+    def each(value: Any) -> Any:
+        return value if not isinstance(value, list | tuple) else [encode(v) for v in value]
+
+    return ValueEncoding(column, each)
+
+
+def _json_text(value: Any) -> Any:
+    if value is None:
+        return None
+    try:
+        return json.dumps(
+            value, allow_nan=False, ensure_ascii=False, separators=(",", ":"), default=_as_json
+        )
+    except ValueError:  # NaN, infinities: JSON (and jsonb) have no such number
+        raise UnencodableValueError("a NaN or infinite float has no JSON form") from None
+    except (TypeError, RecursionError) as exc:
+        raise UnencodableValueError(f"no JSON form: {exc}") from None
+
+
+def _json_text_unless_str(value: Any) -> Any:
+    return value if isinstance(value, str) else _json_text(value)
+
+
+def _as_json(value: Any) -> Any:
+    """``json.dumps``'s fallback, as pydantic's JSON mode spells these: a nested model as
+    its fields, dates and times in ISO 8601, a uuid and a Decimal as text (every digit
+    kept). Anything else (a set: no order; bytes: no text) has no JSON form."""
+    if isinstance(value, pydantic.BaseModel):
+        return value.model_dump()
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID | decimal.Decimal):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    raise TypeError(f"a {type(value).__name__} value ({_short(value)}) has no JSON form")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _enum_value(value: Any) -> Any:
+    return value.value if isinstance(value, enum.Enum) else value
+
+
 @dataclass(frozen=True, slots=True)
 class ConversionPlan:
-    """The per-value checks of a load's columns; empty when every pair is exact."""
+    """The per-value checks and encodings of a load's columns; empty when every pair is exact."""
 
     checks: tuple[ValueCheck, ...] = ()
+    encodings: tuple[ValueEncoding, ...] = ()
 
     def for_column(self, column: str) -> ValueCheck | None:
         return next((c for c in self.checks if c.column == column), None)
@@ -394,6 +529,7 @@ def conversion_plan(
     the two fixes (ALTER the column, or change the model), before any row moves.
     """
     checks: list[ValueCheck] = []
+    encodings: list[ValueEncoding] = []
     refusals: list[str] = []
     fields = model.model_fields if model is not None else {}
     for name in columns:
@@ -402,6 +538,9 @@ def conversion_plan(
         col = column_type(column_types[name])
         field = fields.get(name)
         kind = FieldKind.ANY if model is None else _kind_of(field)
+        encoding = value_encoding(kind, name, col) or _items_encoding(field, name, col)
+        if encoding is not None:
+            encodings.append(encoding)
         rule = verdict(kind, col)
         if rule.verdict is Verdict.REFUSED:
             what = f"the model's field {name!r} is {kind}"
@@ -417,7 +556,7 @@ def conversion_plan(
             "the model and the table disagree on what a value is; nothing was loaded. "
             + " ".join(refusals)
         )
-    return ConversionPlan(tuple(checks))
+    return ConversionPlan(tuple(checks), tuple(encodings))
 
 
 def _kind_of(field: Any) -> FieldKind:

@@ -24,6 +24,7 @@ from etl_assets.postgres.key_digest import (
     MIX_S1,
     MIX_S2,
     MIX_S3,
+    ODD_VALUE,
     KeyCells,
     KeyKind,
     KeySpec,
@@ -80,6 +81,9 @@ def _sql_words(kind: KeyKind, column: str) -> list[str]:
         return [f"{column}::bigint"]
     if kind is KeyKind.DATE:
         return [f"({column} - DATE '1970-01-01')::bigint"]
+    if kind in (KeyKind.TIMESTAMPTZ, KeyKind.TIMESTAMP):  # epoch is numeric: exact
+        micros = f"(extract(epoch FROM {column}) * 1000000)::bigint"
+        return [f"(CASE WHEN isfinite({column}) THEN {micros} ELSE {ODD_VALUE} END)"]
     if kind is KeyKind.UUID:  # uuid::text is canonical: 8-4-4-4-12 lower-case hex
         hexed = f"replace({column}::text, '-', '')"
         return [f"('x' || {part}({hexed}, 16))::bit(64)::bigint" for part in ("left", "right")]

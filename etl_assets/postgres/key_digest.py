@@ -9,8 +9,10 @@ The digest (all arithmetic mod 2^64, identical in numpy, Python and SQL; the SQL
 builds it from bigint operations that cannot overflow):
 
 * a key value becomes 64-bit words without any text form that depends on the session:
-  integers as themselves, dates as days since 1970-01-01, a uuid as its two 64-bit
-  halves, text as the first 8 bytes of the MD5 of its UTF-8 bytes (MD5 is the fast
+  integers as themselves, dates as days since 1970-01-01, timestamps as microseconds
+  since 1970-01-01 (UTC for ``timestamptz``, the wall clock for ``timestamp``; only
+  without a precision modifier, which would round what was sent), a uuid as its two
+  64-bit halves, text as the first 8 bytes of the MD5 of its UTF-8 bytes (MD5 is the fast
   hash both sides have built in; it runs once per distinct value in a batch);
 * a key's hash folds its words through the splitmix64 finaliser,
   ``h = mix(h + word)`` from ``h = 0``; the finaliser is a bijection, so for a key of
@@ -59,6 +61,7 @@ __all__ = [
     "MIX_S1",
     "MIX_S2",
     "MIX_S3",
+    "ODD_VALUE",
     "homes",
     "KeyCells",
     "KeyDigester",
@@ -79,7 +82,7 @@ _EPOCH = dt.date(1970, 1, 1).toordinal()
 # A value no column of that kind can hold (None, a str in an integer column): the server
 # refuses the row, which then leaves the digest again as a dead letter. Any constant works
 # as long as the batch and the per-row functions agree.
-_ODD_VALUE = 0x6F64645F76616C75
+ODD_VALUE = 0x6F64645F76616C75
 
 
 class KeyKind(enum.Enum):
@@ -89,6 +92,8 @@ class KeyKind(enum.Enum):
     DATE = "date"
     TEXT = "text"
     UUID = "uuid"
+    TIMESTAMPTZ = "timestamptz"  # microseconds since the epoch, UTC
+    TIMESTAMP = "timestamp"  # microseconds since 1970-01-01 00:00 on the wall clock
 
 
 _KINDS = {  # format_type spellings (what the catalog says), and the usual aliases
@@ -103,7 +108,15 @@ _KINDS = {  # format_type spellings (what the catalog says), and the usual alias
     "text": KeyKind.TEXT,
     "character varying": KeyKind.TEXT,
     "uuid": KeyKind.UUID,
+    "timestamp with time zone": KeyKind.TIMESTAMPTZ,
+    "timestamptz": KeyKind.TIMESTAMPTZ,
+    "timestamp without time zone": KeyKind.TIMESTAMP,
+    "timestamp": KeyKind.TIMESTAMP,
 }
+_STAMPS = (KeyKind.TIMESTAMPTZ, KeyKind.TIMESTAMP)
+_UTC_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_WALL_EPOCH = dt.datetime(1970, 1, 1)
+_MICROSECOND = dt.timedelta(microseconds=1)
 _INT_RANGE = {"bigint": 63, "int8": 63, "integer": 31, "int4": 31, "smallint": 15, "int2": 15}
 
 
@@ -148,7 +161,7 @@ def _text_word(value: str) -> int:
     try:
         data = value.encode()
     except UnicodeEncodeError:  # lone surrogates: asyncpg cannot send it, the row is refused
-        return _ODD_VALUE
+        return ODD_VALUE
     return int.from_bytes(hashlib.md5(data).digest()[:8], "big")
 
 
@@ -161,7 +174,7 @@ def _words(kind: KeyKind, value: Any) -> tuple[int, ...]:
         try:
             bits = value.int if isinstance(value, uuid.UUID) else uuid.UUID(str(value)).int
         except ValueError:  # not a uuid: the server refuses it too
-            return _ODD_VALUE, _ODD_VALUE
+            return ODD_VALUE, ODD_VALUE
         return bits >> 64, bits & MASK64
     if kind is KeyKind.INT and isinstance(value, int | np.integer):
         return (int(value) & MASK64,)
@@ -169,7 +182,13 @@ def _words(kind: KeyKind, value: Any) -> tuple[int, ...]:
         return ((value.toordinal() - _EPOCH) & MASK64,)
     if kind is KeyKind.TEXT and isinstance(value, str):
         return (_text_word(value),)
-    return (_ODD_VALUE,)
+    if kind in _STAMPS and isinstance(value, dt.datetime):
+        naive = value.utcoffset() is None
+        if naive != (kind is KeyKind.TIMESTAMP):  # refused by the conversion check anyway
+            return (ODD_VALUE,)
+        since = value - (_WALL_EPOCH if naive else _UTC_EPOCH)
+        return ((since // _MICROSECOND) & MASK64,)
+    return (ODD_VALUE,)
 
 
 # --- which columns ---------------------------------------------------------------------
@@ -193,10 +212,16 @@ class KeySpec:
         kinds, bits = [], []
         for column in columns:
             base = re.sub(r"\(.*?\)", "", types.get(column, "")).strip()
+            if _KINDS.get(base) in _STAMPS and "(" in types.get(column, ""):
+                return (
+                    f"key column {column!r} has type {types[column]!r}: its precision rounds "
+                    "the microseconds sent, so the key digest cannot hash what was stored"
+                )
             if base not in _KINDS:
                 return (
                     f"key column {column!r} has type {types.get(column, 'unknown')!r}, "
-                    "which the key digest cannot hash identically in Python and SQL"
+                    "which the key digest cannot hash identically in Python and SQL (it "
+                    "covers integer, date, timestamp, text, varchar and uuid key columns)"
                 )
             kinds.append(_KINDS[base])
             bits.append(_INT_RANGE.get(base, 0))
@@ -267,6 +292,8 @@ def _fast_words(values: list[Any], kind: KeyKind) -> list[U64] | None:
         return None
     if kind is KeyKind.TEXT:
         return [_distinct_text_words(values)]
+    if kind in _STAMPS:  # the reference, value by value
+        return None
     try:
         if kind is KeyKind.DATE:
             days = np.fromiter((v.toordinal() for v in values), dtype=np.int64, count=len(values))
@@ -310,12 +337,20 @@ def _arrow_words(rows: ArrowRows, position: int, kind: KeyKind) -> list[U64]:
         (kind is KeyKind.INT and pa.types.is_integer(column.type))
         or (kind is KeyKind.DATE and pa.types.is_date32(column.type))
         or (kind is KeyKind.TEXT and pa.types.is_string(column.type))
+        or (
+            kind in _STAMPS
+            and pa.types.is_timestamp(column.type)
+            and column.type.unit == "us"
+            and (column.type.tz is None) == (kind is KeyKind.TIMESTAMP)
+        )
     ):  # nulls (refused by the server) or a type this path does not see: row by row
         return _column_words([(v,) for v in column.to_pylist()], 0, kind)
     if kind is KeyKind.TEXT:
         return [_text_column_words(column)]
     if kind is KeyKind.DATE:
         column = column.cast(pa.int32())
+    elif kind in _STAMPS:  # Arrow holds microseconds since the epoch (UTC when zoned)
+        column = column.cast(pa.int64())
     return [column.to_numpy().astype(np.int64).view(np.uint64)]
 
 

@@ -1,8 +1,9 @@
 """Load one partition: stream records into bounded batches, write them concurrently,
 account for every record, and (replace mode) audit and publish.
 
-Memory is bounded by ``batch_size * (writers + queue_depth + 1)`` records whatever the
-partition size: the producer cuts the iterator into materialized batches (a batch must
+Memory is bounded by ``batch_size * (writers + queue_depth + 1)`` records, and by
+``batch_bytes`` per batch of estimated size (wide rows, ``etl_assets.batch_bytes``),
+whatever the partition size: the producer cuts the iterator into materialized batches (a batch must
 be replayable on retry, so never a generator consumed once) and blocks on a bounded
 queue. Writers run under one ``asyncio.TaskGroup``: one failure cancels the others and
 reaches the caller; no task can die quietly.
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import itertools
 import logging
 import math
 import time
@@ -25,6 +25,7 @@ import pydantic
 
 from etl_assets import collector, frames
 from etl_assets.arrow_shaper import ArrowShaper
+from etl_assets.batch_bytes import DEFAULT_BATCH_BYTES, record_chunks
 from etl_assets.breaker import DEFAULT_CONFIDENCE, reject_share_exceeded
 from etl_assets.errors import (
     CircuitBreakerOpenError,
@@ -55,6 +56,7 @@ from etl_assets.postgres.publish import (
     audit,
     inspect_target,
     refuse_default_partition_rows,
+    refuse_unkeyed_referenced,
 )
 from etl_assets.postgres.retry import RetryPolicy, with_retries
 from etl_assets.postgres.schema_drift import add_missing_columns
@@ -93,6 +95,7 @@ class LoadSettings:
     """Knobs of one load, with defaults that suit a 2-core machine and a local server."""
 
     batch_size: int = 25_000  # per-batch overhead vs memory: see docs/PERFORMANCE.md
+    batch_bytes: int = DEFAULT_BATCH_BYTES  # and at most ~this many bytes: etl_assets.batch_bytes
     writers: int = 3
     queue_depth: int = 2
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -104,8 +107,10 @@ class LoadSettings:
     lease_ttl_s: float = DEFAULT_LEASE_TTL_S  # a live load's lease lapses this long unrenewed
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.writers < 1 or self.queue_depth < 0:
-            raise ConfigurationError("batch_size and writers must be >= 1, queue_depth >= 0")
+        if self.batch_size < 1 or self.writers < 1 or self.queue_depth < 0 or self.batch_bytes < 1:
+            raise ConfigurationError(
+                "batch_size, batch_bytes and writers must be >= 1, queue_depth >= 0"
+            )
         if not 0 <= self.max_dead_letter_ratio <= 1:
             raise ConfigurationError("max_dead_letter_ratio is a share between 0 and 1")
         if not 0.5 <= self.breaker_confidence < 1:
@@ -364,9 +369,8 @@ def _chunks_and_shaper(
             plan=plan,
             table_sql=target.sql_name,
         )
-        return frames.arrow_batches(records, settings.batch_size), shaper
-    iterator = iter(records)
-    chunks = iter(lambda: list(itertools.islice(iterator, settings.batch_size)), [])
+        return frames.arrow_batches(records, settings.batch_size, settings.batch_bytes), shaper
+    chunks = record_chunks(records, settings.batch_size, settings.batch_bytes)
     shaper = RecordShaper(
         target.data_columns,
         target.partition_column,
@@ -374,6 +378,7 @@ def _chunks_and_shaper(
         model,
         partition_from_table=True,
         checks=plan.checks,
+        encodings=plan.encodings,
     )
     return chunks, shaper
 
@@ -427,6 +432,7 @@ async def _prepare(
             kind = await inspect_target(conn, target)
             if kind is TargetKind.PARTITIONED and target.mode is WriteMode.REPLACE:
                 await refuse_default_partition_rows(conn, target, publisher.day)
+            await refuse_unkeyed_referenced(conn, target)
             status = await ledger.status(conn, key)
             if status is not None and not status.resumable:
                 raise FatalError(

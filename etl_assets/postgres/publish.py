@@ -14,6 +14,17 @@ swap is one transaction:
 * plain table that already existed: ``DELETE`` the day, ``INSERT ... SELECT`` from
   staging, in one transaction.
 
+Foreign keys. Staging gets the target's own FOREIGN KEY constraints (``LIKE`` copies
+none): an orphan (a row whose parent key is absent) is then refused by the server as the
+batch is written, 23503 with the constraint and the missing key named, and is isolated
+and dead-lettered like any rejected row, while the rest of the day is written and
+published; a replay after the parent arrives writes it once. A replace target that other
+tables reference cannot swap its day's partition (detaching it would orphan the
+children, after the load did all its work), so it publishes by merging the day in place
+on its primary key: the day's rows not staged are deleted (refused, naming the
+constraint, if a child still references one), the staged ones inserted or updated. Such
+a target without a primary key is refused at prepare.
+
 Upsert mode stages the same way and then merges (``INSERT ... SELECT ... ON CONFLICT
 DO UPDATE``) in one transaction, the way dlt's ``merge`` does: readers never see half a
 load, and the staging table's primary key catches a key that repeats across batches
@@ -24,6 +35,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import re
 
 import asyncpg
 
@@ -49,7 +61,11 @@ __all__ = [
     "audit",
     "inspect_target",
     "refuse_default_partition_rows",
+    "refuse_unkeyed_referenced",
 ]
+
+
+_DEFERRABLE = re.compile(r"\s+(NOT\s+)?DEFERRABLE(\s+INITIALLY\s+(DEFERRED|IMMEDIATE))?")
 
 
 class TargetKind(enum.Enum):
@@ -117,6 +133,36 @@ async def refuse_default_partition_rows(
         )
 
 
+async def _references_to(conn: asyncpg.Connection, target: TableTarget) -> list[str]:
+    """The foreign keys of other tables that reference the target, as ``table (constraint)``."""
+    rows = await conn.fetch(
+        """SELECT format('%s (%I)', conrelid::regclass, conname) FROM pg_constraint
+           WHERE contype = 'f' AND confrelid = $1::regclass AND conparentid = 0
+             AND conrelid <> $1::regclass ORDER BY 1""",
+        target.sql_name,
+    )
+    return [r[0] for r in rows]
+
+
+async def refuse_unkeyed_referenced(conn: asyncpg.Connection, target: TableTarget) -> None:
+    """Refuse at prepare a replace target that children reference and that has no key.
+
+    Such a day cannot be swapped (it would orphan the children) nor merged in place
+    (rows are matched by key); found here, not at publish after all the work.
+    """
+    if target.mode is not WriteMode.REPLACE or target.primary_key:
+        return
+    references = await _references_to(conn, target)
+    if references:
+        raise ConfigurationError(
+            f"target {target.name} is referenced by foreign key(s) {', '.join(references)}: "
+            "replacing its day would orphan their rows, and without a primary key it cannot "
+            "be merged in place instead. Declare the key the children reference as "
+            f"primary_key (e.g. primary_key=({target.partition_column!r}, 'id')), or use "
+            "mode='upsert'"
+        )
+
+
 async def audit(
     conn: asyncpg.Connection,
     ledger: Ledger,
@@ -180,6 +226,33 @@ class StagedPublisher:
             f"ALTER TABLE {self.staging_sql} ALTER COLUMN "
             f"{quote_ident(self.target.partition_column)} SET DEFAULT {date_literal(self.day)}"
         )
+        await self._copy_foreign_keys(conn)
+
+    async def _copy_foreign_keys(self, conn: asyncpg.Connection) -> None:
+        """The target's FOREIGN KEYs on staging too, under their own names: an orphan is
+        then refused row by row as it is written (and dead-lettered), not at publish.
+
+        Not a key that references the target itself (a manager in the same table): its
+        parent may be a row of this very load, not in the table until the publish,
+        which checks it then.
+        """
+        rows = await conn.fetch(
+            """SELECT conname, pg_get_constraintdef(oid) AS definition FROM pg_constraint
+               WHERE contype = 'f' AND conrelid = $1::regclass AND conparentid = 0
+                 AND confrelid <> $1::regclass
+                 AND conname NOT IN (SELECT conname FROM pg_constraint
+                                     WHERE conrelid = $2::regclass)""",
+            self.target.sql_name,
+            self.staging_sql,
+        )
+        for row in rows:
+            # Checked at once even where the target defers it: a deferred check would fail
+            # the batch's COMMIT, where no row can be isolated any more.
+            definition = _DEFERRABLE.sub("", row["definition"])
+            await conn.execute(
+                f"ALTER TABLE {self.staging_sql} ADD CONSTRAINT "
+                f"{quote_ident(row['conname'])} {definition}"
+            )
 
     async def publish(
         self, conn: asyncpg.Connection, kind: TargetKind, totals: PartitionTotals
@@ -206,6 +279,10 @@ class StagedPublisher:
             await self.ledger.publish_letters(conn, self.key)
             if self.target.mode is WriteMode.UPSERT:
                 await self._merge_rows(conn, staged)
+            elif await _references_to(conn, self.target) and (
+                kind is TargetKind.PLAIN or await self._partitions_for_day(conn)
+            ):  # a day not there yet has no rows to keep: swapped in like any other
+                await self._merge_day(conn, staged)
             elif kind is TargetKind.PARTITIONED:
                 await self._swap_partition(conn)
             else:
@@ -230,6 +307,28 @@ class StagedPublisher:
             )
         await conn.execute(f"DROP TABLE {self.staging_sql}")
 
+    async def _merge_day(self, conn: asyncpg.Connection, staged: int) -> None:
+        """Replace a day that other tables reference, keeping the keys they hold: the day's
+        rows that are not staged go (the server refuses it, naming the constraint, if a
+        child references one), the staged rows are inserted or updated on the key."""
+        target, day_column = self.target.sql_name, quote_ident(self.target.partition_column)
+        key = column_list(self.target.primary_key)
+        await conn.execute(f"LOCK TABLE {target} IN SHARE ROW EXCLUSIVE MODE")
+        await conn.execute(
+            f"DELETE FROM {target} WHERE {day_column} = $1 AND ({key}) NOT IN "
+            f"(SELECT {key} FROM {self.staging_sql})",
+            self.day,
+        )
+        await self._merge_rows(conn, staged)
+        in_table = await conn.fetchval(
+            f"SELECT count(*) FROM {target} WHERE {day_column} = $1", self.day
+        )
+        if in_table != staged:
+            raise LoadIntegrityError(
+                f"{self.key}: after merging {staged} staged rows the table holds {in_table} "
+                "for the day (a trigger or rule changed them); not publishing"
+            )
+
     async def _swap_partition(self, conn: asyncpg.Connection) -> None:
         low, high = partition_bounds(self.day)
         parent = self.target.sql_name
@@ -241,6 +340,15 @@ class StagedPublisher:
         name = partition_table_name(self.target.table, self.day)
         day_column = quote_ident(self.target.partition_column)
         await conn.execute(f"ALTER TABLE {self.staging_sql} ALTER COLUMN {day_column} DROP DEFAULT")
+        staging = self.staging_sql
+        for deferrable in await conn.fetch(
+            """SELECT conname FROM pg_constraint WHERE contype = 'f' AND condeferrable
+                 AND conrelid = $1::regclass AND conparentid = 0""",
+            parent,
+        ):  # staging checked a deferrable key at once; the partition takes the parent's own
+            await conn.execute(
+                f"ALTER TABLE {staging} DROP CONSTRAINT IF EXISTS {quote_ident(deferrable[0])}"
+            )
         await conn.execute(f"ALTER TABLE {self.staging_sql} RENAME TO {quote_ident(name)}")
         await conn.execute(
             f"ALTER TABLE {parent} ATTACH PARTITION {qualified(self.target.schema, name)} "

@@ -118,7 +118,12 @@ async def replay_dead_letters(
         try:
             plan = conversion_plan(model, types, target.data_columns, target.sql_name)
             shaper = RecordShaper(
-                target.data_columns, target.partition_column, day, model, checks=plan.checks
+                target.data_columns,
+                target.partition_column,
+                day,
+                model,
+                checks=plan.checks,
+                encodings=plan.encodings,
             )
             after = 0
             while page := await _page(pool, ledger, base, only, after, settings):

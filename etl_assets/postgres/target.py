@@ -9,11 +9,12 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import enum
+import ipaddress
 import re
 import types
 import typing
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,9 @@ from etl_assets.postgres.sql import column_list, qualified, quote_ident
 
 __all__ = ["Column", "SchemaChange", "TableTarget", "WriteMode", "columns_from_model"]
 
-_PG_TYPE = re.compile(r"^[a-z][a-z0-9_ ]*(\(\d+(,\s*\d+)?\))?(\[\])?$")
+# A type name, optionally schema-qualified (a user's enum), with a modifier and array
+# brackets: ``numeric(12,4)``, ``text[]``, ``integer[][]``, ``app.mood``. Never SQL.
+_PG_TYPE = re.compile(r"^([a-z_][a-z0-9_]*\.)?[a-z][a-z0-9_ ]*(\(\d+(,\s*\d+)?\))?( ?\[\])*$")
 
 _PYTHON_TO_PG: dict[type, str] = {
     bool: "boolean",
@@ -38,7 +41,13 @@ _PYTHON_TO_PG: dict[type, str] = {
     dt.time: "time",
     dt.timedelta: "interval",
     uuid.UUID: "uuid",
+    ipaddress.IPv4Network: "cidr",
+    ipaddress.IPv6Network: "cidr",
+    ipaddress.IPv4Address: "inet",  # IPv4Interface is an IPv4Address: inet keeps its mask
+    ipaddress.IPv6Address: "inet",
+    pydantic.BaseModel: "jsonb",  # a nested model: its JSON
 }
+_JSON = "jsonb"
 
 # pydantic's constrained date types are marker classes, not datetime subclasses.
 _PYDANTIC_TO_PG: dict[Any, str] = {
@@ -182,16 +191,38 @@ class TableTarget:
 
 
 def columns_from_model(
-    model: type[pydantic.BaseModel], *, exclude: Sequence[str] = ()
+    model: type[pydantic.BaseModel],
+    *,
+    exclude: Sequence[str] = (),
+    columns: Sequence[Column] = (),
 ) -> tuple[Column, ...]:
-    """Derive target columns from a pydantic model's fields (in declaration order)."""
-    columns = []
+    """Target columns from a pydantic model's fields (in declaration order).
+
+    ``columns`` are declared explicitly and win over the type the field would derive
+    (``Column("qty", "smallint")``, ``Column("tags", "jsonb")``, a user's enum type):
+    each must name a field of the model, since only a field fills a column. A field
+    whose type derives no column type needs one.
+    """
+    explicit = {c.name: c for c in columns}
+    unknown = [name for name in explicit if name not in model.model_fields]
+    if unknown:
+        raise ConfigurationError(
+            f"explicit column(s) {unknown} are not fields of {model.__qualname__}: only a field "
+            "fills a column; add the field to the model (or drop the column)"
+        )
+    derived = []
     for name, field in model.model_fields.items():
         if name in exclude:
             continue
-        pg_type, nullable = _pg_type(field.annotation)
-        columns.append(Column(name, pg_type, nullable=nullable or not field.is_required()))
-    return tuple(columns)
+        if name in explicit:
+            derived.append(explicit[name])
+            continue
+        try:
+            pg_type, nullable = _pg_type(field.annotation)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"field {name!r} of {model.__qualname__}: {exc}") from None
+        derived.append(Column(name, pg_type, nullable=nullable or not field.is_required()))
+    return tuple(derived)
 
 
 def _pg_type(annotation: Any) -> tuple[str, bool]:
@@ -203,9 +234,15 @@ def _pg_type(annotation: Any) -> tuple[str, bool]:
         nullable = len(args) != len(typing.get_args(annotation))
         if len(args) == 1:
             return _pg_type(args[0])[0], nullable
-        return "jsonb", nullable
+        return _JSON, nullable
     if origin is typing.Literal:
         return "text", nullable
+    if origin is typing.Annotated:
+        return _pg_type(typing.get_args(annotation)[0])
+    if annotation is typing.Any or annotation is dict or origin is dict or _is_mapping(origin):
+        return _JSON, nullable
+    if annotation in (list, tuple) or origin in (list, tuple):
+        return _array_type(annotation), nullable
     if annotation in _PYDANTIC_TO_PG:
         return _PYDANTIC_TO_PG[annotation], nullable
     if isinstance(annotation, type):
@@ -217,6 +254,26 @@ def _pg_type(annotation: Any) -> tuple[str, bool]:
             ):
                 return pg_type, nullable
     raise ConfigurationError(
-        f"no Postgres type for {annotation!r}; declare the column explicitly with "
-        "Column(name, 'jsonb') (or another type) instead of deriving it from the model"
+        f"no Postgres type for {annotation!r}; declare the column explicitly, e.g. "
+        "PostgresTable(columns=(Column(name, 'jsonb'),)) (or TableTarget(columns=...))"
     )
+
+
+def _is_mapping(origin: Any) -> bool:
+    return isinstance(origin, type) and issubclass(origin, Mapping)
+
+
+def _array_type(annotation: Any) -> str:
+    """``list[int]`` -> ``bigint[]``: an array of the element's type when the element is a
+    scalar of one Postgres type; a list of anything else (dicts, unions, nested lists,
+    ``tuple[int, str]``) is JSON."""
+    args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+    if len(set(args)) != 1:
+        return _JSON
+    try:
+        element, _ = _pg_type(args[0])
+    except ConfigurationError:
+        return _JSON
+    if element == _JSON or element.endswith("]"):
+        return _JSON
+    return f"{element}[]"

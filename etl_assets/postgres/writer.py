@@ -396,7 +396,10 @@ class BatchWriter:
         return (*rows[index], self._partition_default)
 
     def _poison(self, record_no: int, row: Row, error: RecordError, cause: str) -> DeadLetter:
-        message = str(error)
+        # The server names the table it wrote: the staging table, which the user never
+        # made. Name the target instead ("insert or update on table "orders" violates
+        # foreign key constraint ...").
+        message = str(error).replace(f'"{self._destination[1]}"', f'"{self._target.table}"')
         if cause == "UnicodeEncodeError":  # name the column, keep the text readable
             message = invalid_text(self._columns, row) or message
         return DeadLetter(

@@ -42,7 +42,8 @@ AWARE = dt.datetime(2024, 3, 1, 12, 0, tzinfo=dt.timezone(dt.timedelta(hours=2))
         ("character(1)", Family.CHAR_N, 1, None, None),
         ("timestamp with time zone", Family.TIMESTAMPTZ, None, None, None),
         ("timestamptz", Family.TIMESTAMPTZ, None, None, None),
-        ("jsonb", Family.OTHER, None, None, None),
+        ("jsonb", Family.JSON, None, None, None),
+        ("inet", Family.OTHER, None, None, None),
         ("integer[]", Family.OTHER, None, None, None),
     ],
 )

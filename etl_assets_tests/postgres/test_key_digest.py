@@ -33,6 +33,7 @@ from etl_assets_tests.postgres.helpers import (
 )
 
 M64 = (1 << 64) - 1
+STAMP_ZERO_UTC = dt.datetime(1970, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=3)))
 
 
 def spec_of(target: TableTarget) -> KeySpec:
@@ -52,6 +53,8 @@ def all_kinds_target(schema: str, primary_key: tuple[str, ...]) -> TableTarget:
             Column("code", "varchar(40)"),
             Column("born", "date"),
             Column("uid", "uuid"),
+            Column("at", "timestamptz"),
+            Column("wall", "timestamp"),
         ),
         primary_key=("data_date", *primary_key),
     )
@@ -67,13 +70,15 @@ def all_kinds_rows(n: int, seed: int = 7) -> list[tuple[Any, ...]]:
             f"c{i % 50}",  # repeats, like a file name in a (file, line) key
             dt.date(1900, 1, 1) + dt.timedelta(days=rng.randrange(0, 80_000)),
             uuid.UUID(int=rng.getrandbits(128)),
+            STAMP_ZERO_UTC + dt.timedelta(microseconds=rng.randrange(-(2**55), 2**55)),
+            dt.datetime(1970, 1, 1) + dt.timedelta(microseconds=rng.randrange(-(2**55), 2**55)),
             DAY,
         )
         for i in range(n)
     ]
 
 
-ALL_KEYS = ("id", "small", "name", "code", "born", "uid")
+ALL_KEYS = ("id", "small", "name", "code", "born", "uid", "at", "wall")
 
 
 # --- pure ---------------------------------------------------------------------------------
@@ -93,11 +98,11 @@ def test_vectorised_hashes_match_the_row_by_row_reference() -> None:
     spec = spec_of(target)
     rows = all_kinds_rows(2_000)
     odd = [
-        (None, 1, "a", "b", DAY, uuid.uuid4(), DAY),
-        ("7", 1, 5, None, None, "not a uuid", DAY),
-        ([1, 2], (3,), ["x"], b"y", "2024-01-01", 42, DAY),
+        (None, 1, "a", "b", DAY, uuid.uuid4(), None, None, DAY),
+        ("7", 1, 5, None, None, "not a uuid", dt.datetime(2024, 1, 1), DAY, DAY),
+        ([1, 2], (3,), ["x"], b"y", "2024-01-01", 42, "2024-01-01", 5, DAY),
         (np.int64(9), np.int16(2), "\udcff", "b", dt.datetime(2024, 1, 1, 5), str(uuid.uuid4()),
-         DAY),
+         dt.datetime(2024, 1, 1, tzinfo=dt.UTC), dt.datetime(2024, 1, 1, tzinfo=dt.UTC), DAY),
     ]  # fmt: skip
     for sample in (rows, [*rows, *odd], odd):
         assert [int(h) for h in spec.hashes(sample)] == [spec.row_hash(r) for r in sample]
@@ -110,7 +115,9 @@ def test_vectorised_hashes_match_the_row_by_row_reference() -> None:
             pa.array([*columns[3][:-1], None], pa.string()),  # a null: the reference path
             pa.array(columns[4], pa.date32()),
             pa.array([str(u) for u in columns[5]], pa.string()),
-            pa.array(columns[6], pa.date32()),
+            pa.array(columns[6], pa.timestamp("us", tz="UTC")),
+            pa.array(columns[7], pa.timestamp("us")),
+            pa.array(columns[8], pa.date32()),
         ],
         names=[*target.row_columns],
     )
@@ -135,12 +142,19 @@ def test_cells_are_order_independent_and_see_a_duplicate() -> None:
 
 
 def test_a_key_the_digest_cannot_hash_alike_means_counts_only() -> None:
-    """numeric or timestamptz keys, or no key at all: no digest, and the reason says so."""
+    """numeric keys, timestamps of reduced precision, or no key at all: no digest, and the
+    reason says so."""
     base = events_target("s")
     reason = KeySpec.for_target(base, {"event_id": "numeric(12,2)"})
     assert reason == (
         "key column 'event_id' has type 'numeric(12,2)', which the key digest cannot hash "
-        "identically in Python and SQL"
+        "identically in Python and SQL (it covers integer, date, timestamp, text, varchar and "
+        "uuid key columns)"
+    )
+    rounded = KeySpec.for_target(base, {"event_id": "timestamp(3) with time zone"})
+    assert rounded == (
+        "key column 'event_id' has type 'timestamp(3) with time zone': its precision rounds "
+        "the microseconds sent, so the key digest cannot hash what was stored"
     )
     keyless = TableTarget("s", "t", base.columns, partition_column="data date")
     assert KeySpec.for_target(keyless, {}) == (
@@ -160,7 +174,8 @@ async def _verify(dsn: str, target: TableTarget, day: dt.date = DAY) -> KeyAudit
 
 
 def test_the_server_computes_the_same_cells_as_the_client(pg_dsn: str, schema: str) -> None:
-    """Every supported kind (bigint, smallint, text, varchar, date, uuid), alone and composite."""
+    """Every supported kind (bigint, smallint, text, varchar, date, uuid, timestamptz,
+    timestamp), alone and composite."""
 
     async def scenario() -> None:
         target = all_kinds_target(schema, ALL_KEYS)

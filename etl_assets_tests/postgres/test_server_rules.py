@@ -43,26 +43,32 @@ def test_a_default_partition_holding_the_day_is_refused_at_prepare(
     assert loads[0][0] == 0  # refused before the load was recorded
 
 
-def test_a_foreign_key_refusing_the_publish_is_a_publish_error_not_a_record_error(
+def test_a_trigger_refusing_the_publish_is_a_publish_error_not_a_record_error(
     pg_dsn: str, schema: str
 ) -> None:
-    """Into a plain table with a foreign key, an orphan stops the publish: PublishRefusedError
-    (what it does: nothing published), with the server's detail, not a RecordError."""
+    """Into a plain table whose trigger refuses a row (staging has no triggers), the publish
+    stops: PublishRefusedError (what it does: nothing published), with the server's
+    detail, not a RecordError. (A foreign key is not such a rule any more: staging carries
+    it, so an orphan is a dead letter: test_foreign_keys.)"""
     target = events_target(schema, table="child")
     s = quote_ident(schema)
     asyncio.run(
         execute(
             pg_dsn,
-            f"CREATE SCHEMA {s}; CREATE TABLE {s}.parent (id bigint PRIMARY KEY); "
-            f"INSERT INTO {s}.parent SELECT generate_series(0, 4); "
+            f"CREATE SCHEMA {s}; "
             f'CREATE TABLE {target.sql_name} ("data date" date NOT NULL, '
-            f'event_id bigint NOT NULL REFERENCES {s}.parent (id), "user name" text, '
-            f'amount double precision, PRIMARY KEY ("data date", event_id))',
+            f'event_id bigint NOT NULL, "user name" text, '
+            f'amount double precision, PRIMARY KEY ("data date", event_id)); '
+            f"CREATE FUNCTION {s}.no_five() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF NEW.event_id = 5 THEN RAISE EXCEPTION 'no five' USING ERRCODE = '23503'; "
+            "END IF; RETURN NEW; END $$; "
+            f"CREATE TRIGGER no_five BEFORE INSERT ON {target.sql_name} FOR EACH ROW "
+            f"EXECUTE FUNCTION {s}.no_five()",
         )
     )
 
     with pytest.raises(PublishRefusedError) as raised:
-        asyncio.run(load(pg_dsn, target, records(6)))  # event 5 has no parent
+        asyncio.run(load(pg_dsn, target, records(6)))  # the trigger refuses event 5
 
     assert raised.value.sqlstate == "23503"
     assert "nothing was published" in str(raised.value)
