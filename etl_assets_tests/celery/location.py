@@ -36,6 +36,7 @@ DIR_ENV = "ETL_ASSETS_CELERY_DIR"
 ROWS_PER_DAY = 400
 CHUNK = 3
 BATCH_SIZE = 50  # several transactions per partition, so a kill lands between batches
+PACE_S = 0.1  # per batch of the source: a partition takes ~1 s, so a 20 ms sampler sees it
 
 
 class Visit(pydantic.BaseModel):
@@ -53,6 +54,8 @@ def visits_of(day: dt.date) -> Iterator[dict[str, Any]]:
         if n == ROWS_PER_DAY // 2 and hold.exists():
             hold.with_suffix(".pid").write_text(str(os.getpid()))
             time.sleep(600)  # the test SIGKILLs this process long before
+        if n % BATCH_SIZE == 0:
+            time.sleep(PACE_S)  # a source that takes its time: loads overlap, connections show
         yield {"visit_id": day.toordinal() * 1_000 + n, "page": f"/p/{n % 7}"}
 
 

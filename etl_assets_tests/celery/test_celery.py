@@ -71,6 +71,16 @@ def finished(process: subprocess.Popen[str], timeout_s: float = 150) -> Finished
     return Finished(run_id, success == "True")
 
 
+def errors(instance: dg.DagsterInstance, run_id: str) -> list[str]:
+    """The run's step and run failures, for an assertion's message."""
+    kinds = {dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.RUN_FAILURE}
+    return [
+        str(entry.dagster_event.event_specific_data)[:2000]
+        for entry in instance.all_logs(run_id, of_type=kinds)
+        if entry.dagster_event is not None
+    ]
+
+
 def run_range(partitions: list[str]) -> Finished:
     """One backfill chunk: a range run of the job."""
     return finished(launch(partitions[0], partitions[-1]))
@@ -157,18 +167,22 @@ class ConnectionSampler:
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self) -> None:
-        with psycopg2.connect(self._dsn) as conn, conn.cursor() as cursor:
-            conn.autocommit = True
-            while not self._stop.is_set():
-                cursor.execute(
-                    "SELECT count(*) FROM pg_stat_activity "
-                    "WHERE application_name = %s AND datname = current_database()",
-                    (APPLICATION_NAME,),
-                )
-                row = cursor.fetchone()
-                self.peak = max(self.peak, row[0] if row else 0)
-                self.samples += 1
-                time.sleep(0.02)
+        conn = psycopg2.connect(self._dsn)
+        conn.autocommit = True  # a statement per transaction: a fresh pg_stat_activity each time
+        try:
+            with conn.cursor() as cursor:
+                while not self._stop.is_set():
+                    cursor.execute(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE application_name = %s AND datname = current_database()",
+                        (APPLICATION_NAME,),
+                    )
+                    row = cursor.fetchone()
+                    self.peak = max(self.peak, row[0] if row else 0)
+                    self.samples += 1
+                    time.sleep(0.02)
+        finally:
+            conn.close()
 
     def __enter__(self) -> ConnectionSampler:
         self._thread.start()
@@ -244,7 +258,7 @@ def test_steps_ran_on_the_workers_and_the_two_runs_overlapped(
 def test_the_pool_bounds_the_connections_the_workers_open(backfill: dict[str, Any]) -> None:
     """At no sample did the workers hold more than pool slots x max_pool_size connections."""
     assert backfill["samples"] > 20
-    assert 1 <= backfill["peak"] <= POOL_SLOTS * MAX_POOL_SIZE, backfill
+    assert 1 <= backfill["peak"] <= POOL_SLOTS * MAX_POOL_SIZE, backfill["peak"]
 
 
 def test_a_worker_killed_mid_load_leaves_the_day_unpublished_and_a_rerun_exact(
@@ -278,20 +292,28 @@ def test_a_worker_killed_mid_load_leaves_the_day_unpublished_and_a_rerun_exact(
     }
     assert table_days(deployment.db_dsn).keys() & set(chunk) == {chunk[0]}
     assert table_days(deployment.db_dsn)[chunk[0]] == exact(chunk[0])
-    materialized = deployment.instance.get_materialized_partitions(ASSET)
-    assert materialized & set(chunk) == {chunk[0]}  # one truth: Dagster = the table
+    # A SIGKILLed step records nothing more: Dagster records a step's materializations when
+    # its output is handled, so the day published before the kill is not in Dagster's
+    # records yet (the README says so); re-executing the failed run reports it from the
+    # ledger, without loading it again (below).
+    assert deployment.instance.get_materialized_partitions(ASSET) & set(chunk) == set()
 
     again = run_range([held])  # what a backfill's retry of that day launches
-    assert again.success
+    assert again.success, errors(deployment.instance, again.run_id)
     assert loads(deployment.db_dsn, [held]) == {held: ["abandoned", "published"]}
     assert table_days(deployment.db_dsn)[held] == exact(held)
 
     reexecuted = finished(launch("--from-failure", failed.run_id))
-    assert reexecuted.success
+    assert reexecuted.success, errors(deployment.instance, reexecuted.run_id)
+    assert materialized(deployment.instance, reexecuted.run_id) == {
+        day: location.ROWS_PER_DAY for day in chunk
+    }
     truth = table_days(deployment.db_dsn)
     assert {day: truth.get(day) for day in chunk} == {day: exact(day) for day in chunk}
-    assert {d: s[-1] for d, s in loads(deployment.db_dsn, chunk).items()} == {
-        day: "published" for day in chunk
+    assert loads(deployment.db_dsn, chunk) == {
+        chunk[0]: ["published"],  # kept: reported from the ledger, not loaded again
+        held: ["abandoned", "published", "published"],  # the root load could not resume
+        chunk[2]: ["published"],
     }
     assert deployment.instance.get_materialized_partitions(ASSET) >= set(chunk)
 
