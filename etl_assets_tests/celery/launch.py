@@ -21,7 +21,11 @@ def main(argv: list[str]) -> int:
     with dg.DagsterInstance.get() as instance:
         if argv[0] == "--from-failure":
             options = dg.ReexecutionOptions.from_failure(argv[1], instance)
-            result = dg.execute_job(job, instance, reexecution_options=options)
+            parent = instance.get_run_by_id(argv[1])
+            assert parent is not None, argv[1]
+            # as the UI's re-execution does: the run's tags (its partition range) copied
+            tags = {k: v for k, v in parent.tags.items() if k.startswith("dagster/asset_partition")}
+            result = dg.execute_job(job, instance, tags=tags, reexecution_options=options)
         else:
             tags = {
                 "dagster/asset_partition_range_start": argv[0],
