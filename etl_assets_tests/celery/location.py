@@ -56,7 +56,12 @@ def visits_of(day: dt.date) -> Iterator[dict[str, Any]]:
             time.sleep(600)  # the test SIGKILLs this process long before
         if n % BATCH_SIZE == 0:
             time.sleep(PACE_S)  # a source that takes its time: loads overlap, connections show
-        yield {"visit_id": day.toordinal() * 1_000 + n, "page": f"/p/{n % 7}"}
+        yield {"visit_id": visit_id(day, n), "page": f"/p/{n % 7}"}
+
+
+def visit_id(day: dt.date, n: int) -> int:
+    """The n-th visit's id: unique per day and across days."""
+    return day.toordinal() * 1_000 + n
 
 
 @postgres_asset(
