@@ -75,7 +75,7 @@ def errors(instance: dg.DagsterInstance, run_id: str) -> list[str]:
     """The run's step and run failures, for an assertion's message."""
     kinds = {dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.RUN_FAILURE}
     return [
-        str(entry.dagster_event.event_specific_data)[:2000]
+        str(entry.dagster_event.event_specific_data)
         for entry in instance.all_logs(run_id, of_type=kinds)
         if entry.dagster_event is not None
     ]
@@ -289,6 +289,10 @@ def test_a_worker_killed_mid_load_leaves_the_day_unpublished_and_a_rerun_exact(
     failed = finished(running)
 
     assert not failed.success
+    run = deployment.instance.get_run_by_id(failed.run_id)
+    assert run is not None
+    assert run.status == dg.DagsterRunStatus.FAILURE
+    assert "WorkerLostError" in " ".join(errors(deployment.instance, failed.run_id))
     assert loads(deployment.db_dsn, chunk) == {
         chunk[0]: ["published"],
         held: ["loading"],  # dead: its process is gone, nothing published
