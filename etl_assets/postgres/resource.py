@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import sys
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
@@ -144,6 +145,7 @@ class PostgresResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         if self.dsn:
             return self.dsn
         if self._embedded_dsn is None:
+            refuse_embedded_on_worker()
             data_dir = (
                 Path(self.embedded_data_dir) if self.embedded_data_dir else default_data_dir()
             )
@@ -289,6 +291,29 @@ def _connect_errors(dsn: str) -> Iterator[None]:
 
 
 DSN_SOURCE = "ETL_ASSETS_PG_DSN (the dsn of PostgresResource)"
+
+
+def refuse_embedded_on_worker() -> None:
+    """No embedded server for a step that runs in a Celery task: say so, with the fix.
+
+    The embedded server is leased per machine, through its data directory. A step that
+    dagster-celery hands to a worker runs on whatever host took the task: there, a lease
+    would start (or find) a server of that host's own, and the load would land in a
+    database no one else reads, or wait on a server that is not there. Being inside a
+    Celery task is the signal (``celery.current_task``; the module is only looked up,
+    never imported, so the core does not depend on Celery).
+    """
+    celery = sys.modules.get("celery")
+    task = getattr(celery, "current_task", None) if celery is not None else None
+    if not task:  # a Proxy to no task is falsy
+        return
+    worker = getattr(getattr(task, "request", None), "hostname", None) or "a Celery worker"
+    raise ConfigurationError(
+        f"no PostgreSQL DSN is set, and this step runs in a Celery task on {worker}: the "
+        "embedded server is a local convenience of the machine that started it, which a "
+        "worker cannot share. Set ETL_ASSETS_PG_DSN (the dsn of PostgresResource) in every "
+        'worker\'s environment to the server the loads go to (README, "Running at scale")'
+    )
 
 
 def _connect_hint(error: Exception, dsn: str) -> ConfigurationError | None:
