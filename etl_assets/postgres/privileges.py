@@ -57,7 +57,16 @@ __all__ = [
 
 Needs = Callable[[asyncpg.Connection], Awaitable[list["Missing"]]]
 
-LEDGER_TABLES = ("load_ledger", "dead_letters", "partition_loads", "ledger_version", "load_leases")
+# Every table of the ledger layout (ledger_layout.LedgerLayout; a test keeps the two equal:
+# the layout imports this module, so it cannot be imported from here).
+LEDGER_TABLES = (
+    "load_ledger",
+    "dead_letters",
+    "partition_loads",
+    "deleted_letters",
+    "ledger_version",
+    "load_leases",
+)
 LEDGER_WRITE = ("SELECT", "INSERT", "UPDATE", "DELETE")
 
 

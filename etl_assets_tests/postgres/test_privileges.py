@@ -185,7 +185,14 @@ def test_cleanup_without_the_ledger_tables_names_the_grants(role: str, db_dsn: s
 
     with pytest.raises(PermissionDeniedError) as caught:
         asyncio.run(clean())
-    tables = ["load_ledger", "dead_letters", "partition_loads", "ledger_version", "load_leases"]
+    tables = [
+        "load_ledger",
+        "dead_letters",
+        "partition_loads",
+        "deleted_letters",
+        "ledger_version",
+        "load_leases",
+    ]
     assert str(caught.value) == refusal(
         role, "clean up dead loads",
         "; ".join(f'INSERT, UPDATE, DELETE on table "etl"."{t}"' for t in tables),
@@ -203,7 +210,14 @@ def test_a_discard_without_the_ledger_tables_names_the_grants(
                    f'GRANT SELECT ON ALL TABLES IN SCHEMA etl TO "{role}"'])  # fmt: skip
     monkeypatch.setenv("ETL_ASSETS_PG_DSN", as_role(db_dsn, role))
     assert main(["discard", "raw_logs", "2024-03-01", "--id", "1", "--reason", "test"]) == 2
-    tables = ["load_ledger", "dead_letters", "partition_loads", "ledger_version", "load_leases"]
+    tables = [
+        "load_ledger",
+        "dead_letters",
+        "partition_loads",
+        "deleted_letters",
+        "ledger_version",
+        "load_leases",
+    ]
     assert capsys.readouterr().err == "etl-assets-dead-letters: " + refusal(
         role, "discard dead letters",
         "; ".join(f'INSERT, UPDATE, DELETE on table "etl"."{t}"' for t in tables),
@@ -226,3 +240,14 @@ def test_a_role_with_create_on_the_database_creates_missing_schemas_alike(
                       "WHERE nspname IN ('etl', 'landing') ORDER BY 1")
     )  # fmt: skip
     assert [tuple(r) for r in owners] == [("etl", role), ("landing", role)]
+
+
+def test_the_privilege_check_knows_every_table_of_the_ledger_layout() -> None:
+    """A table the layout gains is asked for too (deleted_letters was missed once)."""
+    from etl_assets.postgres.ledger_layout import LedgerLayout
+    from etl_assets.postgres.privileges import LEDGER_TABLES
+    from etl_assets.postgres.sql import qualified
+
+    layout = LedgerLayout("etl")
+    tables = {v for k, v in vars(layout).items() if k != "schema"}
+    assert tables == {qualified("etl", name) for name in LEDGER_TABLES}
