@@ -16,6 +16,7 @@ import asyncpg
 
 from etl_assets.postgres.housekeeping import cleanup
 from etl_assets.postgres.key_audit import verify_keys
+from etl_assets.postgres.lease import DEFAULT_LEASE_TTL_S
 from etl_assets.postgres.ledger import Ledger
 from etl_assets.postgres.loader import LoadSettings, load_partition
 from etl_assets.postgres.replay import ReplayFilter, replay_dead_letters
@@ -39,7 +40,7 @@ from etl_assets.postgres.loader import LoadSettings, load_partition
 from etl_assets.postgres.resource import PostgresResource
 from etl_assets_tests.postgres.helpers import events_target, records
 
-dsn, schema, load_id, day, n, delay = sys.argv[1:]
+dsn, schema, load_id, day, n, delay, ttl = sys.argv[1:]
 
 def slow():
     for i, record in enumerate(records(int(n))):
@@ -51,7 +52,7 @@ async def main():
     async with PostgresResource(dsn=dsn).pool() as pool:
         report = await load_partition(
             pool, events_target(schema), dt.date.fromisoformat(day), slow(), load_id=load_id,
-            settings=LoadSettings(ledger_schema=schema, batch_size=100),
+            settings=LoadSettings(ledger_schema=schema, batch_size=100, lease_ttl_s=float(ttl)),
         )
     print(report.written)
 
@@ -60,10 +61,18 @@ asyncio.run(main())
 
 
 def start_load(
-    dsn: str, schema: str, load_id: str, day: dt.date, n: int, delay: float
+    dsn: str,
+    schema: str,
+    load_id: str,
+    day: dt.date,
+    n: int,
+    delay: float,
+    ttl_s: float = DEFAULT_LEASE_TTL_S,
 ) -> subprocess.Popen[str]:
+    """A load in its own process whose source sleeps ``delay`` per record after 200."""
+    args = [dsn, schema, load_id, day.isoformat(), f"{n}", f"{delay}", f"{ttl_s}"]
     return subprocess.Popen(
-        [sys.executable, "-c", SLOW_LOAD, dsn, schema, load_id, day.isoformat(), f"{n}", f"{delay}"],  # noqa: E501
+        [sys.executable, "-c", SLOW_LOAD, *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 

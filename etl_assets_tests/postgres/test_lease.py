@@ -7,7 +7,6 @@ import datetime as dt
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -30,41 +29,13 @@ from etl_assets_tests.postgres.helpers import (
     partition_audit,
     records,
 )
-from etl_assets_tests.postgres.test_housekeeping import load_state, wait_for_batches
-
-SLOW_LOAD = """
-import asyncio, datetime as dt, sys, time
-from etl_assets.postgres.loader import LoadSettings, load_partition
-from etl_assets.postgres.resource import PostgresResource
-from etl_assets_tests.postgres.helpers import events_target, records
-
-dsn, schema, load_id, n, delay, ttl = sys.argv[1:]
-
-def slow():
-    for i, record in enumerate(records(int(n))):
-        if i >= 200:
-            time.sleep(float(delay))
-        yield record
-
-async def main():
-    async with PostgresResource(dsn=dsn).pool() as pool:
-        report = await load_partition(
-            pool, events_target(schema), dt.date(2024, 3, 1), slow(), load_id=load_id,
-            settings=LoadSettings(ledger_schema=schema, batch_size=100, lease_ttl_s=float(ttl)),
-        )
-    print(report.written)
-
-asyncio.run(main())
-"""
+from etl_assets_tests.postgres.test_housekeeping import load_state, start_load, wait_for_batches
 
 
 def start_slow_load(
     dsn: str, schema: str, load_id: str, n: int, delay: float, ttl_s: float = 120.0
 ) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-c", SLOW_LOAD, dsn, schema, load_id, f"{n}", f"{delay}", f"{ttl_s}"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    return start_load(dsn, schema, load_id, DAY, n, delay, ttl_s)
 
 
 def abandoned_by_cleanup(dsn: str, schema: str) -> list[str]:
