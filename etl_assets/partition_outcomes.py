@@ -52,14 +52,14 @@ class PartitionOutcomes:
         return [r.partition_key for r in self.reports]
 
 
-def stops_the_run(error: BaseException) -> bool:
+def stops_the_run(error: Exception) -> bool:
     """True for a failure that every later partition would meet too.
 
     A transient error that outlived the retry budget means the server is unreachable:
-    trying 30 more partitions would take 30 more budgets to say the same. Anything that
-    is not an ``Exception`` (cancellation, interrupts) stops the step as well.
+    trying 30 more partitions would take 30 more budgets to say the same. (Cancellations
+    and interrupts are not ``Exception``s: they never reach the per-partition handler.)
     """
-    return isinstance(error, RetryableError) or not isinstance(error, Exception)
+    return isinstance(error, RetryableError)
 
 
 def partitions_failed(asset: str, outcomes: PartitionOutcomes) -> dg.Failure:
