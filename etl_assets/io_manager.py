@@ -12,6 +12,7 @@ event loop with one pool, closed on every path (``PostgresResource.run``).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -26,12 +27,13 @@ from pydantic import Field
 from etl_assets.batch_bytes import DEFAULT_BATCH_BYTES
 from etl_assets.catalog import partition_row_count, table_metadata
 from etl_assets.checks import evaluate_partitions, plans_in_run
-from etl_assets.errors import ConfigurationError
+from etl_assets.errors import ConfigurationError, EtlError
 from etl_assets.frames import classify_output, is_frame, split_by_partition
 from etl_assets.input_gate import reads_unverified, require_verified
 from etl_assets.input_shapes import InputShape, convert_table, input_shape
 from etl_assets.partition_keys import data_date
 from etl_assets.partition_outcomes import (
+    InFlight,
     PartitionFailure,
     PartitionOutcomes,
     partitions_failed,
@@ -45,9 +47,8 @@ from etl_assets.postgres.loader import (
     resolve_load_id,
 )
 from etl_assets.postgres.reader import PartitionStream, read_arrow, read_dicts
-from etl_assets.postgres.resource import PostgresResource
+from etl_assets.postgres.resource import PostgresResource, run_sync
 from etl_assets.postgres.retry import RetryPolicy
-from etl_assets.postgres.writer import Log
 from etl_assets.spec import PostgresTable
 
 __all__ = [
@@ -70,6 +71,10 @@ BACKFILL_CHUNK = 31
 """Partitions per backfill run: a wide backfill pays one run's start-up (process, code
 load, resources) per chunk instead of per partition, and a run's memory is bounded by
 the chunk (a downstream input holds at most this many partitions), not by the backfill."""
+
+SETTLE_BUDGET_S = 15.0
+"""How long a stopped step may ask the ledger about the partition it was loading."""
+SETTLE_RETRY = RetryPolicy(attempts=3, timeout_s=SETTLE_BUDGET_S, wait_max_s=2.0)
 
 PartitionRecords = dict[str, Any]
 """What an asset may return: ``{partition_key: records}``, records being a list or an
@@ -180,14 +185,14 @@ class ResilientPostgresIOManager(dg.ConfigurableIOManager):
         async def load_all(pool: asyncpg.Pool) -> None:
             for key, records in partitions:
                 try:
-                    outcomes.reports.append(
-                        await _load_one(pool, spec, key, records, run, settings, context.log, owner)
+                    outcomes.published(
+                        await _load_one(pool, spec, key, records, run, settings, context, outcomes)
                     )
                 except Exception as exc:  # kept: the step fails naming it, after the rest
                     if stops_the_run(exc) or len(partitions) == 1:
                         raise
                     failure = PartitionFailure(key, exc)
-                    outcomes.failures.append(failure)
+                    outcomes.failed(failure)
                     # One line per partition; the step failure keeps the first traceback
                     # (76 missing landing days are 76 lines, not 76 tracebacks).
                     context.log.error(f"{owner} partition {key} failed: {failure.reason}")  # noqa: TRY400
@@ -195,13 +200,45 @@ class ResilientPostgresIOManager(dg.ConfigurableIOManager):
         try:  # a run of one partition fails with that partition's own error, as it is
             self.postgres.run(load_all)
         except BaseException:
-            yield from _published_events(context, outcomes.reports)  # then the error goes on
+            published = [*outcomes.reports, *self._settle_in_flight(context, spec, outcomes)]
+            yield from _published_events(context, published)  # then the error goes on
             raise
         if outcomes.failures:
             yield from _published_events(context, outcomes.reports)
             yield from self._check_events(context, spec, outcomes.published_keys)
             raise partitions_failed(owner, outcomes) from outcomes.failures[0].error
         record_load_metadata(context, outcomes.reports)
+
+    def _settle_in_flight(
+        self, context: dg.OutputContext, spec: PostgresTable, outcomes: PartitionOutcomes
+    ) -> list[LoadReport]:
+        """The partition a stopped step was loading, if its publish committed after all.
+
+        Asked of the ledger, on a short budget: a step stopped because the server is gone
+        must not wait a load's retry budget to say so. Unanswered, the partition is named
+        in a warning (its materialization may be missing until it is loaded again).
+        """
+        flight = outcomes.in_flight
+        if flight is None:
+            return []
+        target, day = spec.target(), data_date(flight.partition_key)
+
+        async def ask() -> LoadReport | None:
+            async with asyncio.timeout(SETTLE_BUDGET_S), self.postgres.pool() as pool:
+                return await finished_report(
+                    pool, target, day, flight.load_id, self.postgres.ledger_schema, SETTLE_RETRY
+                )
+
+        try:
+            done = run_sync(ask)
+        except (EtlError, TimeoutError) as exc:
+            context.log.warning(
+                f"{target.name} {flight.partition_key}: the step stopped while loading it and "
+                f"the ledger could not be asked whether it published ({exc}); if it did, "
+                "Dagster has no materialization for it until it is materialized again"
+            )
+            return []
+        return [done] if done is not None else []
 
     def _check_events(
         self, context: dg.OutputContext, spec: PostgresTable, partition_keys: Sequence[str]
@@ -281,8 +318,8 @@ async def _load_one(
     records: Any,
     run: _RunLineage,
     settings: LoadSettings,
-    log: Log,
-    owner: str,
+    context: dg.OutputContext,
+    outcomes: PartitionOutcomes,
 ) -> LoadReport:
     """One partition: resumed, skipped (its failed run already published it) or loaded.
 
@@ -291,17 +328,21 @@ async def _load_one(
     """
     target, day = spec.target(), data_date(partition_key)
     if run.resumes_failure:
+        outcomes.in_flight = InFlight(partition_key, run.root_id)
         done = await finished_report(pool, target, day, run.root_id, settings.ledger_schema)
         if done is not None:
-            log.info(f"{target.name} {partition_key}: published by run {run.root_id}, kept")
+            context.log.info(f"{target.name} {partition_key}: published by run {run.root_id}, kept")
             return done
+    owner = context.asset_key.to_user_string()
     records = classify_output(records, f"asset {owner} partition {partition_key}")
     load_id = await resolve_load_id(
         pool, target, day, run.root_id, run.run_id, settings.ledger_schema
     )
+    outcomes.in_flight = InFlight(partition_key, load_id)
     return await load_partition(
-        pool, target, day, records, load_id=load_id, model=spec.model, settings=settings, log=log
-    )
+        pool, target, day, records, load_id=load_id, model=spec.model, settings=settings,
+        log=context.log,
+    )  # fmt: skip
 
 
 def _downstream_partitioned(context: dg.InputContext) -> bool:

@@ -18,6 +18,7 @@ from etl_assets.errors import RetryableError
 from etl_assets.postgres.loader import LoadReport
 
 __all__ = [
+    "InFlight",
     "PartitionFailure",
     "PartitionOutcomes",
     "partitions_failed",
@@ -40,12 +41,34 @@ class PartitionFailure:
         return text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 3] + "..."
 
 
+@dataclass(frozen=True, slots=True)
+class InFlight:
+    """The partition being loaded, under which load id: what an interrupt may cut short.
+
+    A stop (SIGTERM, a run terminated from the UI) can land after the publish committed
+    and before its report is kept; the ledger then knows what this step does not, and
+    this says where to ask.
+    """
+
+    partition_key: str
+    load_id: str
+
+
 @dataclass(slots=True)
 class PartitionOutcomes:
     """What became of each partition of a step, in the order they were attempted."""
 
     reports: list[LoadReport] = field(default_factory=list)
     failures: list[PartitionFailure] = field(default_factory=list)
+    in_flight: InFlight | None = None
+
+    def published(self, report: LoadReport) -> None:
+        self.reports.append(report)
+        self.in_flight = None
+
+    def failed(self, failure: PartitionFailure) -> None:
+        self.failures.append(failure)
+        self.in_flight = None
 
     @property
     def published_keys(self) -> list[str]:

@@ -223,12 +223,18 @@ async def resolve_load_id(
 
 
 async def finished_report(
-    pool: asyncpg.Pool, target: TableTarget, day: dt.date, load_id: str, ledger_schema: str = "etl"
+    pool: asyncpg.Pool,
+    target: TableTarget,
+    day: dt.date,
+    load_id: str,
+    ledger_schema: str = "etl",
+    retry: RetryPolicy | None = None,
 ) -> LoadReport | None:
     """The report of load ``load_id`` of ``day`` if it finished (published or merged).
 
     A re-executed failed run asks this first for each partition: a partition that the
-    failed run already published is reported from the ledger, not loaded again.
+    failed run already published is reported from the ledger, not loaded again. A step
+    that is stopped asks it of the partition it was loading (``partition_outcomes``).
     """
     ledger = Ledger(ledger_schema)
     key = LoadKey(target.name, day.isoformat(), load_id)
@@ -237,7 +243,7 @@ async def finished_report(
         await ledger.ensure(conn)
         return await ledger.status(conn, key), await ledger.totals(conn, key)
 
-    status, totals = await with_retries(pool, RetryPolicy(), read)
+    status, totals = await with_retries(pool, retry or RetryPolicy(), read)
     if status is None or not status.finished:
         return None
     return LoadReport.published_load(key, target.mode.value, totals, batches_resumed=totals.batches)

@@ -16,9 +16,12 @@ from typing import Any
 import dagster as dg
 import pydantic
 import pytest
+from dagster._core.errors import DagsterExecutionInterruptedError
 
 from etl_assets import partition_checks
 from etl_assets.example.partitions import daily
+from etl_assets.postgres import loader
+from etl_assets.postgres.ledger import LoadKey
 from etl_assets.io_manager import PartitionRecords, postgres_asset
 from etl_assets.sensors import failure_alert
 from etl_assets.spec import PostgresTable
@@ -165,6 +168,30 @@ def test_sigterm_mid_chunk_leaves_dagster_equal_to_the_table(
     assert set(in_table) == set(published(db_dsn))
     assert 2 <= len(in_table) < len(DAYS)
     assert set(in_table.values()) == {400_000}
+
+
+def test_a_stop_right_after_a_publish_still_records_that_partition(
+    db_dsn: str,
+    resources: dict[str, Any],
+    instance: dg.DagsterInstance,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The narrowest window of a stop: day 2's publish has committed, its report is not
+    yet back. Dagster still records days 1 and 2 with their numbers (from the ledger)."""
+    SOURCE.update({day: good(100 + n) for n, day in enumerate(DAYS)})
+    report = loader.LoadReport.published_load
+
+    def stopped_after_day_2(key: LoadKey, *args: Any, **kwargs: Any) -> loader.LoadReport:
+        if key.partition_key == DAYS[1] and kwargs.get("elapsed_s") is not None:
+            raise DagsterExecutionInterruptedError("the run was terminated")
+        return report(key, *args, **kwargs)
+
+    monkeypatch.setattr(loader.LoadReport, "published_load", stopped_after_day_2)
+    result = run_range(resources, instance)
+
+    assert not result.success
+    assert table_counts(db_dsn, "visits") == {DAYS[0]: 100, DAYS[1]: 101}
+    assert dagster_written(instance, visits.key) == {DAYS[0]: 100, DAYS[1]: 101}
 
 
 def published(dsn: str) -> list[str]:
