@@ -35,7 +35,12 @@ from etl_assets.postgres.key_audit import verify_keys
 from etl_assets.postgres.ledger import Ledger
 from etl_assets.postgres.resource import PostgresResource
 from etl_assets.postgres.target import TableTarget
-from etl_assets.postgres.verify import audit_partition, duplicate_keys, missing_table
+from etl_assets.postgres.verify import (
+    audit_partition,
+    check_snapshot,
+    duplicate_keys,
+    missing_table,
+)
 from etl_assets.spec import PostgresTable
 
 __all__ = ["CheckPlan", "check_plans", "evaluate_partitions", "partition_checks", "plans_in_run"]
@@ -198,11 +203,13 @@ def evaluate_partitions(
 async def _accounted(
     conn: asyncpg.Connection, ledger: Ledger, target: TableTarget, day: dt.date
 ) -> _Finding:
-    audit = await audit_partition(conn, ledger, target, day)
+    """Counts and keys in one snapshot: the key scan's rows are the count audit's count."""
+    async with check_snapshot(conn, ledger, target):
+        keys = await verify_keys(conn, ledger, target, day)  # count-preserving corruption
+        audit = await audit_partition(conn, ledger, target, day, rows_in_table=keys.rows_in_table)
     numbers: dict[str, int | float | str] = {
         k: v for k, v in audit.metadata().items() if not isinstance(v, str)
     }
-    keys = await verify_keys(conn, ledger, target, day)  # count-preserving corruption
     return _Finding(
         audit.partition_key, {**numbers, **keys.metadata()}, (*audit.problems, *keys.problems)
     )

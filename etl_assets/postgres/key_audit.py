@@ -1,12 +1,16 @@
-"""The key digest's check: the same hash in SQL, compared with the ledger's, keys named.
+"""The key digest's check: the table's cells compared with the ledger's, keys named.
 
-``written_equals_enqueued`` runs :func:`verify_keys` in the snapshot of its count audit.
-The client side (the hash, the cells, what the writer stores per batch) is
-``etl_assets.postgres.key_digest``; the design is described there.
+``written_equals_enqueued`` runs :func:`verify_keys` in the snapshot of its count audit,
+whose row count it also gives (``KeyAudit.rows_in_table``). The hash, the cells and what
+the writer stores per batch are ``etl_assets.postgres.key_digest`` (the design is
+described there); the table's cells are hashed on the client from a binary COPY of the
+key words (``etl_assets.postgres.key_scan``). The same hash in SQL remains for one job:
+finding a foreign key in the table by its hash.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,17 +28,16 @@ from etl_assets.postgres.key_digest import (
     MIX_S1,
     MIX_S2,
     MIX_S3,
-    ODD_VALUE,
     KeyCells,
-    KeyKind,
     KeySpec,
     homes,
 )
+from etl_assets.postgres.key_scan import key_words_sql, table_cells
 from etl_assets.postgres.ledger import Ledger, LoadKey
 from etl_assets.postgres.sql import quote_ident
 from etl_assets.postgres.target import TableTarget, WriteMode
 
-__all__ = ["KeyAudit", "audit_keys", "cells_query", "hash_query", "table_cells", "verify_keys"]
+__all__ = ["KeyAudit", "audit_keys", "hash_query", "verify_keys"]
 
 
 # --- the same hash in SQL ----------------------------------------------------------------
@@ -75,21 +78,6 @@ def _xorshift(z: str, shift: int) -> str:
     return f"({z} # (({z} >> {shift}) & {(1 << (64 - shift)) - 1}))"
 
 
-def _sql_words(kind: KeyKind, column: str) -> list[str]:
-    """The words of :func:`_words`, from the stored value (no session-dependent text form)."""
-    if kind is KeyKind.INT:
-        return [f"{column}::bigint"]
-    if kind is KeyKind.DATE:
-        return [f"({column} - DATE '1970-01-01')::bigint"]
-    if kind in (KeyKind.TIMESTAMPTZ, KeyKind.TIMESTAMP):  # epoch is numeric: exact
-        micros = f"(extract(epoch FROM {column}) * 1000000)::bigint"
-        return [f"(CASE WHEN isfinite({column}) THEN {micros} ELSE {ODD_VALUE} END)"]
-    if kind is KeyKind.UUID:  # uuid::text is canonical: 8-4-4-4-12 lower-case hex
-        hexed = f"replace({column}::text, '-', '')"
-        return [f"('x' || {part}({hexed}, 16))::bit(64)::bigint" for part in ("left", "right")]
-    return [f"('x' || left(md5(convert_to({column}, 'UTF8')), 16))::bit(64)::bigint"]
-
-
 def hash_query(spec: KeySpec, target: TableTarget) -> str:
     """``SELECT h, k0, k1, ...`` over the partition ``$1``: the key hash of every row.
 
@@ -100,7 +88,7 @@ def hash_query(spec: KeySpec, target: TableTarget) -> str:
     keys = [f"k{i}" for i in range(len(spec.columns))]
     word_sql = [
         w for col, kind in zip(spec.columns, spec.kinds, strict=True)
-        for w in _sql_words(kind, quote_ident(col))
+        for w in key_words_sql(kind, quote_ident(col))
     ]  # fmt: skip
     words = [f"w{i}" for i in range(len(word_sql))]
     carried = ", ".join([*words, *keys])
@@ -125,32 +113,6 @@ def hash_query(spec: KeySpec, target: TableTarget) -> str:
     return f"SELECT z AS h, {', '.join(keys)} FROM ({sql} OFFSET 0) AS hashed"
 
 
-def cells_query(spec: KeySpec, target: TableTarget) -> str:
-    """Per cell of both tables: count, exact sums of the hashes and of their squares.
-
-    The signed hash is congruent to the unsigned one mod 2^64, and so is its square; the
-    sums are reduced mod 2^64 in Python. One scan: GROUPING SETS gives both tables.
-    """
-    return (
-        "SELECT c1, c2, count(*) AS n, sum(h) AS s, sum(h::numeric * h) AS q "
-        f"FROM (SELECT h, (h >> 56) & 255 AS c1, {CELLS} + ((h >> 48) & 255) AS c2 "
-        f"FROM ({hash_query(spec, target)}) AS hq) AS x GROUP BY GROUPING SETS ((c1), (c2))"
-    )
-
-
-async def table_cells(
-    conn: asyncpg.Connection, spec: KeySpec, target: TableTarget, day: dt.date
-) -> KeyCells:
-    """The cells of the keys the partition holds, computed by the server."""
-    cells = KeyCells.empty()
-    for row in await conn.fetch(cells_query(spec, target), day):
-        cell = row["c1"] if row["c1"] is not None else row["c2"]
-        cells.counts[cell] = row["n"]
-        cells.sums[cell] = int(row["s"]) % _TWO64
-        cells.squares[cell] = int(row["q"]) % _TWO64
-    return cells
-
-
 # --- the check ---------------------------------------------------------------------------
 
 NAMED_LIMIT = 20
@@ -167,6 +129,7 @@ class KeyAudit:
     foreign: tuple[str, ...] = ()
     unresolved: int = 0  # cells that differ by more than one key
     problems: tuple[str, ...] = ()
+    rows_in_table: int | None = None  # the partition's rows, when its keys were scanned
 
     def metadata(self) -> dict[str, int | str]:
         return {
@@ -223,7 +186,8 @@ async def audit_keys(
     for cells in digests:
         expected = expected + KeyCells.from_db(cells)
     actual = await table_cells(conn, spec, target, day)
-    return await _compare(conn, spec, target, day, expected, actual)
+    audit = await _compare(conn, spec, target, day, expected, actual)
+    return dataclasses.replace(audit, rows_in_table=actual.keys)
 
 
 async def _compare(

@@ -8,18 +8,26 @@ rows for the data date are counted, all in one snapshot (REPEATABLE READ).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 
 import asyncpg
 
 from etl_assets.postgres.ledger import Ledger, LetterStatus, LoadKey
-from etl_assets.postgres.privileges import Needs, explained, operation_needs
+from etl_assets.postgres.privileges import Missing, explained, operation_needs
 from etl_assets.postgres.sql import column_list, quote_ident
 from etl_assets.postgres.target import TableTarget, WriteMode
 
-__all__ = ["PartitionAudit", "audit_partition", "duplicate_keys", "missing_table"]
+__all__ = [
+    "PartitionAudit",
+    "audit_partition",
+    "check_snapshot",
+    "duplicate_keys",
+    "missing_table",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,47 +75,68 @@ async def audit_partition(
     day: dt.date,
     *,
     count_rows: bool = True,
+    rows_in_table: int | None = None,
 ) -> PartitionAudit:
     """Compare the ledger of the partition's current load with the target's rows.
 
     ``count_rows=False`` reads the ledger only (no scan of the partition): for a caller
     that needs the load's own numbers, such as the dead-letter rate; ``in_table`` is then
     what the ledger accounts for, and no problem about the table's rows is reported.
+    ``rows_in_table``: the partition's rows as the caller counted them in the same
+    snapshot (:func:`check_snapshot`; the key scan counts them), so no second scan.
     """
-    async with explained(conn, f"check {target.sql_name}", _check_needs(target, ledger)):
-        return await _audit_partition(conn, ledger, target, day, count_rows)
-
-
-def _check_needs(target: TableTarget, ledger: Ledger) -> Needs:
-    return lambda conn: operation_needs(conn, target, ledger.schema, "check")
-
-
-async def _audit_partition(
-    conn: asyncpg.Connection, ledger: Ledger, target: TableTarget, day: dt.date, count_rows: bool
-) -> PartitionAudit:
-    partition = day.isoformat()
-    async with conn.transaction(isolation="repeatable_read", readonly=True):
+    async with check_snapshot(conn, ledger, target):
+        partition = day.isoformat()
         missing = await missing_table(conn, target, ledger)
         if missing is not None:
             return PartitionAudit(partition, None, 0, 0, 0, 0, 0, 0, (missing,))
-        load = await ledger.current_load(conn, target.name, partition)
-        in_table = await _count_rows(conn, target, day) if count_rows else 0
-        if load is None:
-            return PartitionAudit(
-                partition, None, 0, 0, 0, 0, in_table, 0,
-                (f"partition {partition} of {target.name} has no finished load in "
-                 f"{ledger.loads}",),
-            )  # fmt: skip
-        key = LoadKey(target.name, partition, load["load_id"])
-        totals = await ledger.totals(conn, key)
-        dead_rows = await ledger.dead_letter_rows(conn, key)
-        replayed_in = await ledger.replayed_in(conn, key)
-        letters = await ledger.letter_counts(conn, key)
-    if not count_rows:
-        in_table = totals.written + replayed_in
+        if rows_in_table is None and count_rows:
+            rows_in_table = await _count_rows(conn, target, day)
+        return await _audit_partition(conn, ledger, target, day, rows_in_table)
+
+
+@contextlib.asynccontextmanager
+async def check_snapshot(
+    conn: asyncpg.Connection, ledger: Ledger, target: TableTarget
+) -> AsyncIterator[None]:
+    """One read-only REPEATABLE READ snapshot for a check's reads; a refusal explained.
+
+    Nested, it is a savepoint of the outer snapshot: table and ledger agree in time.
+    """
+
+    def needs(conn: asyncpg.Connection) -> Awaitable[list[Missing]]:
+        return operation_needs(conn, target, ledger.schema, "check")
+
+    snapshot = conn.transaction(isolation="repeatable_read", readonly=True)
+    async with explained(conn, f"check {target.sql_name}", needs), snapshot:
+        yield
+
+
+async def _audit_partition(
+    conn: asyncpg.Connection,
+    ledger: Ledger,
+    target: TableTarget,
+    day: dt.date,
+    in_table: int | None,
+) -> PartitionAudit:
+    """The ledger's numbers against ``in_table`` (None: the ledger's own, rows unchecked)."""
+    partition = day.isoformat()
+    load = await ledger.current_load(conn, target.name, partition)
+    if load is None:
+        return PartitionAudit(
+            partition, None, 0, 0, 0, 0, in_table or 0, 0,
+            (f"partition {partition} of {target.name} has no finished load in "
+             f"{ledger.loads}",),
+        )  # fmt: skip
+    key = LoadKey(target.name, partition, load["load_id"])
+    totals = await ledger.totals(conn, key)
+    dead_rows = await ledger.dead_letter_rows(conn, key)
+    replayed_in = await ledger.replayed_in(conn, key)
+    letters = await ledger.letter_counts(conn, key)
     audit = PartitionAudit(
         partition, key.load_id, totals.enqueued, totals.written, totals.dead_lettered,
-        replayed_in, in_table, dead_rows, (),
+        replayed_in, totals.written + replayed_in if in_table is None else in_table, dead_rows,
+        (),
         letters_replayed=letters.get(LetterStatus.REPLAYED, 0),
         letters_open=letters.get(LetterStatus.OPEN, 0),
     )  # fmt: skip

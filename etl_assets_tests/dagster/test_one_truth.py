@@ -20,9 +20,9 @@ from dagster._core.errors import DagsterExecutionInterruptedError
 
 from etl_assets import partition_checks
 from etl_assets.example.partitions import daily
+from etl_assets.io_manager import PartitionRecords, postgres_asset
 from etl_assets.postgres import loader
 from etl_assets.postgres.ledger import LoadKey
-from etl_assets.io_manager import PartitionRecords, postgres_asset
 from etl_assets.sensors import failure_alert
 from etl_assets.spec import PostgresTable
 from etl_assets_tests.postgres.helpers import fetch
