@@ -220,7 +220,9 @@ def test_a_backfill_over_two_chunks_loads_every_partition_exactly(
     """Two range runs (3 + 3 partitions) on the workers: each day in once, published, and
     materialized in Dagster with its own written count."""
     partitions = [day for chunk in backfill["chunks"] for day in chunk]
-    assert [r.success for r in backfill["results"]] == [True, True]
+    assert [r.success for r in backfill["results"]] == [True, True], [
+        errors(deployment.instance, r.run_id) for r in backfill["results"]
+    ]
     assert table_days(deployment.db_dsn) == {day: exact(day) for day in partitions}
     assert loads(deployment.db_dsn, partitions) == {day: ["published"] for day in partitions}
     written = {
