@@ -5,20 +5,23 @@
   reader parses it into the column types of the table. No Python object per value.
   CSV distinguishes NULL (unquoted empty) from the empty string (``""``), and the
   reader is told so.
-* A stream (:class:`PartitionStream`): a server-side cursor fetched ``batch_size`` rows
-  at a time, each chunk an Arrow batch. Memory is bounded by one chunk, whatever the
-  partition's size. The stream owns its connection and event loop (Dagster calls
-  ``load_input`` synchronously and the asset iterates after it returned), and closes
-  both when iteration ends, fails, or the iterator is dropped.
+* A stream (:class:`PartitionStream`): the same COPY, parsed by pyarrow's streaming CSV
+  reader as it arrives, in batches of ``batch_size`` rows. Memory is bounded by a few
+  chunks and one batch, whatever the partition's size. The stream owns its connection
+  and event loop (Dagster calls ``load_input`` synchronously and the asset iterates
+  after it returned), and closes both when iteration ends, fails, or the iterator is
+  dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import io
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
+from concurrent.futures import CancelledError, Future
 from typing import Any, TypeVar
 
 import asyncpg
@@ -26,6 +29,7 @@ import asyncpg
 from etl_assets.errors import ConfigurationError, FatalError
 from etl_assets.frames import require_pyarrow
 from etl_assets.postgres.arrow_copy import arrow_type, column_types
+from etl_assets.postgres.copy_pipe import CopyPipe, PipeClosed
 from etl_assets.postgres.retry import RetryPolicy, with_retries
 from etl_assets.postgres.sql import column_list, quote_ident
 from etl_assets.postgres.target import TableTarget
@@ -97,7 +101,14 @@ async def read_arrow(
 
     types, buffer = await _read(pool, target, owner, copy_out)
     buffer.seek(0)
-    options = csv.ConvertOptions(
+    return csv.read_csv(buffer, convert_options=_csv_options(pa, types))
+
+
+def _csv_options(pa: Any, types: dict[str, Any | None]) -> Any:
+    """How PostgreSQL's CSV reads back: its booleans, NULL unquoted-empty, ``""`` empty."""
+    from pyarrow import csv
+
+    return csv.ConvertOptions(
         column_types={name: t or pa.string() for name, t in types.items()},
         true_values=["t"],
         false_values=["f"],
@@ -105,7 +116,6 @@ async def read_arrow(
         quoted_strings_can_be_null=False,
         null_values=[""],
     )
-    return csv.read_csv(buffer, convert_options=options)
 
 
 async def _arrow_types(
@@ -124,7 +134,12 @@ class PartitionStream(Iterable[Any]):
 
     Annotate an input with it: ``def daily_totals(events: PartitionStream) -> ...``, then
     ``for batch in events:`` (``batch.to_pandas()`` or ``polars.from_arrow(batch)`` for a
-    DataFrame per chunk). It can be iterated more than once; each pass is a fresh query.
+    DataFrame per chunk). Batches hold ``batch_size`` rows (the last one fewer). It can be
+    iterated more than once; each pass is a fresh query.
+
+    The server's ``COPY ... TO STDOUT`` CSV is parsed by pyarrow's streaming CSV reader
+    as it arrives (``copy_pipe``): no Python object per value, the column types of the
+    whole-table read, and memory bounded by a few chunks and one batch.
     """
 
     def __init__(
@@ -140,26 +155,82 @@ class PartitionStream(Iterable[Any]):
 
     def __iter__(self) -> Iterator[Any]:
         pa = require_pyarrow("a PartitionStream input")
+        from pyarrow import csv
+
         with _LoopThread() as loop:
             conn = loop.run(self._connect())
+            pipe = CopyPipe()
+            copying: Future[None] | None = None
             try:
                 types = loop.run(_arrow_types(pa, conn, self._target))
-                cursor = loop.run(self._open_cursor(conn))
-                names = list(self._target.row_columns)
-                while rows := loop.run(cursor.fetch(self.batch_size)):
-                    yield _batch(pa, rows, names, types)
+                loop.run(conn.execute("SET TIME ZONE 'UTC'"))
+                sql, args = select_partitions(self._target, self._days)
+                copying = loop.submit(_copy_into(pipe, conn, sql, args))
+                reader = csv.open_csv(
+                    pipe,
+                    read_options=csv.ReadOptions(block_size=STREAM_BLOCK_BYTES),
+                    convert_options=_csv_options(pa, types),
+                )
+                yield from _exact_batches(pa, reader, self.batch_size)
+                copying.result()
             except asyncpg.UndefinedTableError:
                 raise _missing_table(self._target, self._owner) from None
             finally:
+                pipe.close()  # a consumer that left early: the COPY stops at its next chunk
+                if copying is not None and not _settled(copying):
+                    loop.call(conn.terminate)  # stuck: abort the transport, on its thread
                 loop.run(_close(conn))
 
     async def _connect(self) -> asyncpg.Connection:
         return await asyncpg.connect(self._dsn, server_settings={"application_name": "etl_assets"})
 
-    async def _open_cursor(self, conn: asyncpg.Connection) -> Any:
-        sql, args = select_partitions(self._target, self._days)
-        await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        return await conn.cursor(sql, *args)
+
+STREAM_BLOCK_BYTES = 4 << 20
+"""CSV bytes pyarrow parses at a time: ~60k narrow rows, re-cut into ``batch_size``."""
+
+
+async def _copy_into(pipe: CopyPipe, conn: asyncpg.Connection, sql: str, args: list[Any]) -> None:
+    """The COPY, into the pipe; its end (or its error) is the reader's end of file."""
+    try:
+        await conn.copy_from_query(sql, *args, output=pipe.put, format="csv", header=True)
+    except PipeClosed:
+        return
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        with contextlib.suppress(PipeClosed):
+            pipe.end(exc)  # the reader raises it
+        raise
+    with contextlib.suppress(PipeClosed):
+        pipe.end()
+
+
+def _settled(copying: Future[None]) -> bool:
+    """Whether the COPY ended within 10 s (asyncpg cancels it when the pipe refuses a
+    chunk); how it ended no longer matters to anyone: the stream is over."""
+    try:
+        copying.result(timeout=10)
+    except TimeoutError:
+        return False
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, CancelledError):
+        return True
+    return True
+
+
+def _exact_batches(pa: Any, reader: Any, size: int) -> Iterator[Any]:
+    """pyarrow's batches (cut by bytes) re-cut into ``size`` rows each, the last fewer."""
+    pending: list[Any] = []
+    held = 0
+    for batch in reader:
+        pending.append(batch)
+        held += batch.num_rows
+        while held >= size:
+            table = pa.Table.from_batches(pending, schema=reader.schema)
+            yield from table.slice(0, size).combine_chunks().to_batches()
+            rest = table.slice(size)
+            pending, held = rest.to_batches(), rest.num_rows
+    if held:
+        yield from (
+            pa.Table.from_batches(pending, schema=reader.schema).combine_chunks().to_batches()
+        )
 
 
 class _LoopThread:
@@ -178,25 +249,18 @@ class _LoopThread:
         return self
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        return self.submit(coro).result()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    def call(self, function: Callable[[], object]) -> None:
+        self._loop.call_soon_threadsafe(function)
 
     def __exit__(self, *exc: object) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._loop.close()
-
-
-def _batch(
-    pa: Any, rows: list[asyncpg.Record], names: list[str], types: dict[str, Any | None]
-) -> Any:
-    columns = []
-    for i, name in enumerate(names):
-        values = [row[i] for row in rows]
-        pa_type = types[name]
-        if pa_type is None:  # as text, like the whole-table read
-            values, pa_type = [None if v is None else str(v) for v in values], pa.string()
-        columns.append(pa.array(values, pa_type))
-    return pa.RecordBatch.from_arrays(columns, names=names)
 
 
 async def _close(conn: asyncpg.Connection) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import decimal
 
+import asyncpg
 import pyarrow as pa
 import pytest
 
@@ -60,15 +61,17 @@ def test_an_arrow_read_keeps_types_nulls_and_empty_strings_apart(pg_dsn: str, sc
         async with PostgresResource(dsn=pg_dsn).pool() as pool:
             return await read_arrow(pool, target, [DAY], "typed")
 
-    table = asyncio.run(scenario()).sort_by("id")
-    assert [str(t) for t in table.schema.types] == [
-        "int64", "string", "bool", "timestamp[us, tz=UTC]", "string", "date32[day]",
-    ]  # fmt: skip
-    assert table.to_pylist() == [
-        {"id": 1, "note": "", "ok": True, "at": at, "price": "1.50", "data_date": DAY},
-        {"id": 2, "note": None, "ok": None, "at": None, "price": None, "data_date": DAY},
-        {"id": 3, "note": 'a,"b"\nc', "ok": False, "at": at, "price": "2.00", "data_date": DAY},
-    ]
+    whole = asyncio.run(scenario())
+    streamed = pa.Table.from_batches(list(PartitionStream(pg_dsn, target, [DAY], "typed")))
+    for table in (whole.sort_by("id"), streamed.sort_by("id")):  # the stream reads alike
+        assert [str(t) for t in table.schema.types] == [
+            "int64", "string", "bool", "timestamp[us, tz=UTC]", "string", "date32[day]",
+        ]  # fmt: skip
+        assert table.to_pylist() == [
+            {"id": 1, "note": "", "ok": True, "at": at, "price": "1.50", "data_date": DAY},
+            {"id": 2, "note": None, "ok": None, "at": None, "price": None, "data_date": DAY},
+            {"id": 3, "note": 'a,"b"\nc', "ok": False, "at": at, "price": "2.00", "data_date": DAY},
+        ]
 
 
 def test_a_stream_yields_bounded_batches_and_closes_its_connection(
@@ -83,6 +86,33 @@ def test_a_stream_yields_bounded_batches_and_closes_its_connection(
     assert sum(sum(b.column("event_id").to_pylist()) for b in stream) == sum(range(2_500))
     for _ in stream:
         break
+    assert asyncio.run(our_connections(pg_dsn)) == 0
+
+
+def test_a_stream_over_many_chunks_is_exact_and_a_killed_server_connection_says_so(
+    pg_dsn: str, schema: str
+) -> None:
+    """300,000 rows re-cut from pyarrow's blocks into exact batches, every row once; a
+    backend terminated mid-stream fails the iteration with the server's reason."""
+    target = events_target(schema)
+    asyncio.run(load(pg_dsn, target, records(300_000)))
+    stream = PartitionStream(pg_dsn, target, [DAY], "events", batch_size=70_000)
+
+    sizes, ids = [], []
+    for batch in stream:
+        sizes.append(batch.num_rows)
+        ids.extend(batch.column("event_id").to_pylist())
+    assert sizes == [70_000] * 4 + [20_000]
+    assert sorted(ids) == list(range(300_000))
+
+    kill = (
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE application_name = 'etl_assets' AND query LIKE 'COPY%'"
+    )
+    with pytest.raises(asyncpg.ConnectionDoesNotExistError, match="administrator command"):
+        for n, _ in enumerate(PartitionStream(pg_dsn, target, [DAY], "events", batch_size=1_000)):
+            if n == 0:
+                asyncio.run(execute(pg_dsn, kill))
     assert asyncio.run(our_connections(pg_dsn)) == 0
 
 
