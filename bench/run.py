@@ -287,12 +287,15 @@ async def _server_file_copy(dsn: str, n: int, backends: int) -> dict[str, Any]:
 
 
 def _copy_files(table: Any, folder: Path, parts: int) -> list[Path]:
-    """The table in ``parts`` binary COPY files of about equal rows."""
+    """The table in ``parts`` binary COPY files of about equal rows, readable by the
+    server's user (the embedded server does not run as the bench's user)."""
+    folder.chmod(0o755)
     files = []
     for i in range(parts):
         start, end = i * table.num_rows // parts, (i + 1) * table.num_rows // parts
         files.append(folder / f"part{i}.bin")
         files[-1].write_bytes(copy_binary(table.slice(start, end - start)))
+        files[-1].chmod(0o644)
     return files
 
 

@@ -195,9 +195,9 @@ async def _copy_into(pipe: CopyPipe, conn: asyncpg.Connection, sql: str, args: l
         await conn.copy_from_query(sql, *args, output=pipe.put, format="csv", header=True)
     except PipeClosed:
         return
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+    except BaseException as exc:  # whatever ended the COPY ends the reader's file: it raises it
         with contextlib.suppress(PipeClosed):
-            pipe.end(exc)  # the reader raises it
+            pipe.end(exc)
         raise
     with contextlib.suppress(PipeClosed):
         pipe.end()
