@@ -109,10 +109,14 @@ def test_a_stream_over_many_chunks_is_exact_and_a_killed_server_connection_says_
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
         "WHERE application_name = 'etl_assets' AND query LIKE 'COPY%'"
     )
-    with pytest.raises(asyncpg.ConnectionDoesNotExistError, match="administrator command"):
+
+    def read_killing_the_server_connection() -> None:
         for n, _ in enumerate(PartitionStream(pg_dsn, target, [DAY], "events", batch_size=1_000)):
             if n == 0:
                 asyncio.run(execute(pg_dsn, kill))
+
+    with pytest.raises(asyncpg.ConnectionDoesNotExistError, match="administrator command"):
+        read_killing_the_server_connection()
     assert asyncio.run(our_connections(pg_dsn)) == 0
 
 
