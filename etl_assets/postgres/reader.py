@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from etl_assets.errors import ConfigurationError, FatalError
+from etl_assets.errors import ConfigurationError, EtlError, FatalError, classify
 from etl_assets.frames import require_pyarrow
 from etl_assets.postgres.arrow_copy import arrow_type, column_types
 from etl_assets.postgres.copy_pipe import CopyPipe, PipeClosed
@@ -161,6 +161,7 @@ class PartitionStream(Iterable[Any]):
             conn = loop.run(self._connect())
             pipe = CopyPipe()
             copying: Future[None] | None = None
+            rows = 0
             try:
                 types = loop.run(_arrow_types(pa, conn, self._target))
                 loop.run(conn.execute("SET TIME ZONE 'UTC'"))
@@ -171,10 +172,14 @@ class PartitionStream(Iterable[Any]):
                     read_options=csv.ReadOptions(block_size=STREAM_BLOCK_BYTES),
                     convert_options=_csv_options(pa, types),
                 )
-                yield from _exact_batches(pa, reader, self.batch_size)
+                for batch in _exact_batches(pa, reader, self.batch_size):
+                    yield batch
+                    rows += batch.num_rows
                 copying.result()
             except asyncpg.UndefinedTableError:
                 raise _missing_table(self._target, self._owner) from None
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                raise self._broken(exc, rows) from exc
             finally:
                 pipe.close()  # a consumer that left early: the COPY stops at its next chunk
                 if copying is not None and not _settled(copying):
@@ -183,6 +188,16 @@ class PartitionStream(Iterable[Any]):
 
     async def _connect(self) -> asyncpg.Connection:
         return await asyncpg.connect(self._dsn, server_settings={"application_name": "etl_assets"})
+
+    def _broken(self, exc: BaseException, rows: int) -> EtlError:
+        """The error of a stream cut short, classified (a lost connection is retryable)."""
+        error = classify(exc)
+        return type(error)(
+            f"the stream of {self._target.name} (asset {self._owner}) broke after {rows:,} "
+            f"row(s): {error}. A stream cannot resume: run the step again (a Dagster retry "
+            "policy on the asset does it for you)",
+            sqlstate=error.sqlstate,
+        )
 
 
 STREAM_BLOCK_BYTES = 4 << 20

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import decimal
+import re
 
-import asyncpg
 import pyarrow as pa
 import pytest
 
-from etl_assets.errors import ConfigurationError
+from etl_assets.errors import ConfigurationError, RetryableError
 from etl_assets.postgres.reader import PartitionStream, read_arrow, select_partitions
 from etl_assets.postgres.resource import PostgresResource
 from etl_assets.postgres.target import Column, TableTarget
@@ -115,8 +115,16 @@ def test_a_stream_over_many_chunks_is_exact_and_a_killed_server_connection_says_
             if n == 0:
                 asyncio.run(execute(pg_dsn, kill))
 
-    with pytest.raises(asyncpg.ConnectionDoesNotExistError, match="administrator command"):
+    with pytest.raises(RetryableError) as broken:
         read_killing_the_server_connection()
+    assert re.fullmatch(
+        r"the stream of .*ev \"log\" x \(asset events\) broke after [\d,]+ row\(s\): "
+        r"ConnectionDoesNotExistError \[08003\]: .*terminating connection due to "
+        r"administrator command\. "
+        r"A stream cannot resume: run the step again \(a Dagster retry policy on the asset "
+        r"does it for you\)",
+        str(broken.value),
+    ), str(broken.value)
     assert asyncio.run(our_connections(pg_dsn)) == 0
 
 
