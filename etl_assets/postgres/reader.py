@@ -26,7 +26,13 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from etl_assets.errors import ConfigurationError, EtlError, FatalError, classify
+from etl_assets.errors import (
+    ConfigurationError,
+    EtlError,
+    FatalError,
+    RetryableError,
+    classify,
+)
 from etl_assets.frames import require_pyarrow
 from etl_assets.postgres.arrow_copy import arrow_type, column_types
 from etl_assets.postgres.copy_pipe import CopyPipe, PipeClosed
@@ -192,10 +198,15 @@ class PartitionStream(Iterable[Any]):
     def _broken(self, exc: BaseException, rows: int) -> EtlError:
         """The error of a stream cut short, classified (a lost connection is retryable)."""
         error = classify(exc)
+        advice = (
+            ". A stream cannot resume: run the step again (a Dagster retry policy on the "
+            "asset does it for you)"
+            if isinstance(error, RetryableError)
+            else ""
+        )
         return type(error)(
             f"the stream of {self._target.name} (asset {self._owner}) broke after {rows:,} "
-            f"row(s): {error}. A stream cannot resume: run the step again (a Dagster retry "
-            "policy on the asset does it for you)",
+            f"row(s): {error}{advice}",
             sqlstate=error.sqlstate,
         )
 
