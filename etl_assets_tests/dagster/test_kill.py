@@ -75,7 +75,8 @@ def test_sigterm_of_the_cli_fails_the_run_and_marks_the_load_failed(
     wait_for_batches(db_dsn, cli, 2)
     cli.send_signal(signal.SIGTERM)  # the CLI's PID only, as `kill PID` does
 
-    assert cli.wait(timeout=60) == 1
+    output, _ = cli.communicate(timeout=60)
+    assert cli.returncode == 1, output[-3000:]  # what the CLI said, if the stop was lost
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     with dg.DagsterInstance.get() as instance:
         assert [r.status for r in instance.get_runs()] == [dg.DagsterRunStatus.FAILURE]
