@@ -48,9 +48,44 @@ def run_sync(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
     one loop per call either way, never a loop shared with code we do not own.
     """
     if not _loop_running():  # the usual case; run outside any except block, so that its
-        return asyncio.run(main())  # errors carry no "no running event loop" context
+        return asyncio.run(_interruptible(main))  # errors carry no "no running loop" context
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="etl-assets") as pool:
-        return pool.submit(asyncio.run, main()).result()
+        return pool.submit(asyncio.run, _interruptible(main)).result()
+
+
+async def _interruptible(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """``main()``, stopped by an interrupt even when it lands in an event-loop callback.
+
+    asyncio re-raises only KeyboardInterrupt and SystemExit from a callback: any other
+    BaseException raised there, such as the ``DagsterExecutionInterruptedError`` Dagster's
+    SIGTERM handler raises wherever the main thread happens to be, is logged and dropped,
+    and a stopped run would load on and succeed. The loop's exception handler takes it
+    instead: the work is cancelled (a load marks itself failed) and the interrupt is
+    raised in its place.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    interrupts: list[BaseException] = []
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        error = context.get("exception")
+        if error is None or isinstance(error, Exception | asyncio.CancelledError):
+            loop.default_exception_handler(context)
+            return
+        interrupts.append(error)
+        if task is not None:
+            task.cancel()
+
+    loop.set_exception_handler(handle)
+    try:
+        result = await main()
+    except asyncio.CancelledError:
+        if interrupts:
+            raise interrupts[0] from None
+        raise
+    if interrupts:  # the work ended anyway: the stop still stands
+        raise interrupts[0]
+    return result
 
 
 def _loop_running() -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -36,3 +37,44 @@ def test_errors_through_run_sync_carry_no_spurious_loop_context() -> None:
     with pytest.raises(KeyError) as caught:
         run_sync(fail)
     assert caught.value.__context__ is None
+
+
+class Interrupted(BaseException):
+    """Like Dagster's DagsterExecutionInterruptedError: a BaseException, not an Exception."""
+
+
+def test_an_interrupt_raised_in_an_event_loop_callback_stops_the_work() -> None:
+    """A SIGTERM handler that fires while the loop runs a plain callback: asyncio alone would
+    log the interrupt and let the work run on (CI saw a killed run finish with exit 0)."""
+    cleaned_up = []
+
+    async def work() -> str:
+        def signal_handler_fires() -> None:
+            raise Interrupted
+
+        asyncio.get_running_loop().call_soon(signal_handler_fires)
+        try:
+            await asyncio.sleep(30)
+        finally:
+            cleaned_up.append(True)  # a load's own cleanup (mark failed) still runs
+        return "finished as if never stopped"
+
+    started = time.monotonic()
+    with pytest.raises(Interrupted):
+        run_sync(work)
+    assert time.monotonic() - started < 5
+    assert cleaned_up == [True]
+
+
+def test_ordinary_callback_errors_still_go_to_asyncio_and_the_work_goes_on() -> None:
+    """Only interrupts stop the work; an Exception in a callback is logged as before."""
+
+    async def work() -> str:
+        def broken_callback() -> None:
+            raise ValueError("a callback's own bug")
+
+        asyncio.get_running_loop().call_soon(broken_callback)
+        await asyncio.sleep(0.05)
+        return "done"
+
+    assert run_sync(work) == "done"
