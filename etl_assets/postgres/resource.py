@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import signal
 import sys
+import threading
+import types
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
@@ -54,38 +57,72 @@ def run_sync(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
 
 
 async def _interruptible(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """``main()``, stopped by an interrupt even when it lands in an event-loop callback.
+    """``main()``, stopped by an interrupt wherever in the event loop it lands.
 
-    asyncio re-raises only KeyboardInterrupt and SystemExit from a callback: any other
-    BaseException raised there, such as the ``DagsterExecutionInterruptedError`` Dagster's
-    SIGTERM handler raises wherever the main thread happens to be, is logged and dropped,
-    and a stopped run would load on and succeed. The loop's exception handler takes it
-    instead: the work is cancelled (a load marks itself failed) and the interrupt is
-    raised in its place.
+    Dagster's SIGTERM handler raises ``DagsterExecutionInterruptedError`` (a BaseException,
+    not a KeyboardInterrupt) in whatever frame the main thread is running. In an event
+    loop that frame may be a plain callback, where asyncio logs and drops it, or a
+    background task (a lease renewal, a writer), which keeps it to itself: the stopped
+    run would load on. So, while the work runs, the signal's handler is called inside
+    ours: what it raises is kept, the work is cancelled at its next await (a load marks
+    itself failed) and the interrupt is raised here, in its place. The loop's exception
+    handler catches what still reaches a callback.
     """
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     interrupts: list[BaseException] = []
+
+    def interrupt(error: BaseException) -> None:
+        interrupts.append(error)
+        if task is not None:
+            loop.call_soon_threadsafe(task.cancel)
 
     def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         error = context.get("exception")
         if error is None or isinstance(error, Exception | asyncio.CancelledError):
             loop.default_exception_handler(context)
             return
-        interrupts.append(error)
-        if task is not None:
-            task.cancel()
+        interrupt(error)
 
     loop.set_exception_handler(handle)
-    try:
-        result = await main()
-    except asyncio.CancelledError:
-        if interrupts:
-            raise interrupts[0] from None
-        raise
+    with _signals_caught(interrupt):
+        try:
+            result = await main()
+        except asyncio.CancelledError:
+            if interrupts:
+                raise interrupts[0] from None
+            raise
     if interrupts:  # the work ended anyway: the stop still stands
         raise interrupts[0]
     return result
+
+
+@contextlib.contextmanager
+def _signals_caught(interrupt: Callable[[BaseException], None]) -> Iterator[None]:
+    """SIGINT and SIGTERM handled by their own handlers, but what those raise goes to
+    ``interrupt`` instead of into whatever frame the main thread was running."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals are delivered to the main thread only
+        return
+    handlers: dict[int, Callable[[int, types.FrameType | None], Any]] = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(sig)
+        if callable(handler):  # SIG_DFL and SIG_IGN stay as they are
+            handlers[sig] = handler
+
+    def caught(signo: int, frame: types.FrameType | None) -> None:
+        try:
+            handlers[signo](signo, frame)
+        except BaseException as error:  # noqa: BLE001  the interrupt, handed to the work
+            interrupt(error)
+
+    for number in handlers:
+        signal.signal(number, caught)
+    try:
+        yield
+    finally:
+        for number, previous in handlers.items():
+            signal.signal(number, previous)
 
 
 def _loop_running() -> bool:

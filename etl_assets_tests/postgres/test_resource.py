@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import threading
 import time
 
 import pytest
@@ -78,3 +81,33 @@ def test_ordinary_callback_errors_still_go_to_asyncio_and_the_work_goes_on() -> 
         return "done"
 
     assert run_sync(work) == "done"
+
+
+def test_a_sigterm_landing_in_a_background_task_still_stops_the_work() -> None:
+    """A real SIGTERM whose handler raises (as Dagster's does) while a background task is
+    busy: that task would keep the interrupt to itself and the work would run on."""
+
+    def dagster_like(signo: int, frame: object) -> None:
+        raise Interrupted
+
+    async def work() -> str:
+        async def busy() -> None:
+            while True:  # pure Python, so the signal lands here
+                sum(range(10_000))
+                await asyncio.sleep(0)
+
+        background = asyncio.create_task(busy())
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        await asyncio.sleep(30)
+        background.cancel()
+        return "finished as if never stopped"
+
+    previous = signal.signal(signal.SIGTERM, dagster_like)
+    started = time.monotonic()
+    try:
+        with pytest.raises(Interrupted):
+            run_sync(work)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert time.monotonic() - started < 5
+    assert signal.getsignal(signal.SIGTERM) is previous  # handlers restored
