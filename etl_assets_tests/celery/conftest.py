@@ -107,11 +107,14 @@ def database(pg_dsn: str, prefix: str) -> Iterator[str]:
 
 
 def dagster_yaml(storage_url: str, folder: Path) -> str:
-    """The instance the run and the workers share: Postgres storage, pool "postgres" of 2."""
+    """The instance the run and the workers share: the package's storage, pool of 2."""
     return f"""\
 storage:
-  postgres:
-    postgres_url: {storage_url}
+  custom:
+    module: etl_assets.storage
+    class: ExplainedPostgresStorage
+    config:
+      postgres_url: {storage_url}
 local_artifact_storage:
   module: dagster._core.storage.root
   class: LocalArtifactStorage
@@ -206,6 +209,8 @@ def deployment(pg_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # `celery` itself
             "PYTHONPATH": str(ROOT),  # the test code location
         }
-        names = stack.enter_context(celery_workers(worker_env, config, folder))
+        # The instance first: it creates Dagster's tables, which two workers starting at once
+        # on an empty database would both try to create (CI: type "job_ticks" already exists).
         instance = stack.enter_context(dg.DagsterInstance.from_config(str(home)))
+        names = stack.enter_context(celery_workers(worker_env, config, folder))
         yield Deployment(instance, db_dsn, broker, folder, names)
