@@ -28,7 +28,8 @@ STEPS: dict[str, tuple[str, ...]] = {
     "validation (pydantic)": ("_validate", "_rows_of_valid_dicts"),
     "shaping (rows for COPY)": ("shape",),
     "batch digest": ("batch_digest",),
-    "COPY (asyncpg encode + send)": ("copy_records_to_table",),
+    "key digest (cells)": ("cells",),
+    "COPY (encode + send)": ("copy_records_to_table", "copy_arrow"),
     "audit + publish": ("_finish",),
     "waiting (event loop idle)": ("select", "_run_once_select"),
 }
@@ -50,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--path", default="etl_resilient", choices=sorted(run.PATHS))
     parser.add_argument("--dsn", help="default: an embedded server in a temporary folder")
     parser.add_argument("--html", type=Path, help="also write pyinstrument's HTML here")
+    parser.add_argument(
+        "--other", type=int, default=0, help="also list the N functions of 'other' with most time"
+    )
     args = parser.parse_args(argv)
     import etl_assets  # noqa: F401  Dagster loaded, as in a step
 
@@ -67,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if server is not None:
             server.release()
-    totals = step_totals(profiler.last_session.root_frame())
+    others: dict[str, float] = {}
+    totals = step_totals(profiler.last_session.root_frame(), others)
     print(f"{args.path}, {args.rows:,} rows, {result['seconds']:.2f} s timed")
     print("| step | s | us/row | share |")
     print("|---|---:|---:|---:|")
@@ -76,13 +81,16 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"| {step} | {seconds:.2f} | {seconds * 1e6 / args.rows:.2f} | {seconds / whole:.0%} |"
         )
+    for name, seconds in sorted(others.items(), key=lambda kv: -kv[1])[: args.other]:
+        print(f"  other: {name} {seconds * 1e6 / args.rows:.2f} us/row")
     if args.html:
         args.html.write_text(profiler.output_html())
     return 0
 
 
-def step_totals(root: Any) -> dict[str, float]:
-    """Self time of every frame, summed by the step its stack belongs to."""
+def step_totals(root: Any, others: dict[str, float] | None = None) -> dict[str, float]:
+    """Self time of every frame, summed by the step its stack belongs to (and, in
+    ``others``, the self time of each function that no step claims)."""
     totals: dict[str, float] = {}
 
     def walk(frame: Any, stack: list[str]) -> None:
@@ -91,6 +99,9 @@ def step_totals(root: Any) -> dict[str, float]:
         if own > 0:
             step = classify(stack)
             totals[step] = totals.get(step, 0.0) + own
+            if others is not None and step.startswith("other"):
+                name = f"{frame.function} ({Path(frame.file_path or '').name})"
+                others[name] = others.get(name, 0.0) + own
         for child in frame.children:
             walk(child, stack)
 

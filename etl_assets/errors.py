@@ -74,8 +74,15 @@ POOLER_NO_DATABASE = "no such database"  # PgBouncer's 08P01 for a name it does 
 # What asyncpg's encoders raise for a value they cannot encode into its column during a
 # COPY (a query's arguments get them wrapped as DataError; COPY's rows do not): a lone
 # surrogate (UnicodeEncodeError), an int out of the column's range (OverflowError), a
-# value of another type (TypeError). Caught around the COPY only, they are record errors.
-ENCODE_ERRORS: tuple[type[Exception], ...] = (ValueError, TypeError, ArithmeticError)
+# value of another type (TypeError, or AttributeError where the encoder calls a method of
+# the type it expects: a str in a date column has no ``toordinal``). Caught around the
+# COPY only, they are record errors.
+ENCODE_ERRORS: tuple[type[Exception], ...] = (
+    ValueError,
+    TypeError,
+    ArithmeticError,
+    AttributeError,
+)
 
 
 class EtlError(Exception):

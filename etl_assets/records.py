@@ -13,7 +13,7 @@ import math
 import operator
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pydantic
 import pydantic_core
@@ -21,6 +21,9 @@ import pydantic_core
 from etl_assets import collector
 from etl_assets.errors import UnencodableValueError
 from etl_assets.postgres.conversions import ValueCheck, ValueEncoding
+
+if TYPE_CHECKING:
+    from etl_assets.columnar_records import ColumnarRecords
 
 __all__ = ["DeadLetter", "RecordShaper", "ShapedChunk", "payload_json"]
 
@@ -137,6 +140,7 @@ class RecordShaper:
         partition_from_table: bool = False,
         checks: Sequence[ValueCheck] = (),
         encodings: Sequence[ValueEncoding] = (),
+        columnar: ColumnarRecords | None = None,
     ) -> None:
         """``partition_from_table``: rows hold the data columns only, because the table
         they are copied into fills the partition column itself (a ``DEFAULT`` of the
@@ -151,6 +155,10 @@ class RecordShaper:
         ``Enum`` as its value), applied before the checks; a value without such a form
         is dead-lettered as ``UnencodableValue`` with the reason, never a ``TypeError``
         from the driver.
+
+        ``columnar``: a batch of plain (or model-validated) dicts whose every value its
+        column takes as it is becomes one Arrow batch instead of tuples
+        (:mod:`etl_assets.columnar_records`); any other batch is shaped as described here.
         """
         if partition_column in data_columns:
             raise ValueError(f"{partition_column!r} is the partition column, not a data column")
@@ -177,6 +185,7 @@ class RecordShaper:
         self._encodings = [
             (data_columns.index(e.column), e) for e in encodings if e.column in data_columns
         ]
+        self._columnar = columnar if not self._model_has_partition_column else None
 
     def shape(self, first_record_no: int, records: Sequence[Any]) -> ShapedChunk:
         """Validate and convert ``records``, numbered from ``first_record_no``.
@@ -190,23 +199,29 @@ class RecordShaper:
         a batch allocates tens of thousands of objects that all survive it.
         """
         with collector.paused():
-            chunk = self._shape(first_record_no, records)
+            dicts = self._plain_dicts(records)
+            if dicts is not None and self._columnar is not None:
+                arrow_rows = self._columnar.rows(dicts)
+                if arrow_rows is not None:  # every value exact: no per-value check left
+                    numbers = list(range(first_record_no, first_record_no + len(records)))
+                    return ShapedChunk(arrow_rows, numbers, [])
+            chunk = self._shape(first_record_no, records, dicts)
             if self._encodings:
                 chunk = self._encoded(chunk, first_record_no, records)
             return self._checked(chunk, first_record_no, records) if self._checks else chunk
 
-    def _shape(self, first_record_no: int, records: Sequence[Any]) -> ShapedChunk:
+    def _shape(
+        self, first_record_no: int, records: Sequence[Any], dicts: Sequence[dict[str, Any]] | None
+    ) -> ShapedChunk:
         items: Sequence[Any] = records
         record_nos: Sequence[int] = range(first_record_no, first_record_no + len(records))
         rejected: list[DeadLetter] = []
-        rows = self._rows_of_valid_dicts(records)
+        rows = self._rows_of_dicts(dicts) if dicts is not None else None
         if rows is not None:
             return ShapedChunk(rows, list(record_nos), rejected)
         if self._adapter is not None:
             items, record_nos, rejected = self._validate(records, record_nos)
             rows = self._rows_of_models(items)
-        else:
-            rows = self._rows_of_plain_dicts(items)
         if rows is not None:
             return ShapedChunk(rows, list(record_nos), rejected)
         slow = self._shape_one_by_one(items, record_nos)
@@ -269,30 +284,33 @@ class RecordShaper:
             return list(values)
         return list(map(operator.add, values, itertools.repeat(self._day_suffix)))
 
-    def _rows_of_valid_dicts(self, records: Sequence[Any]) -> list[Row] | None:
-        """Rows of a chunk of plain dicts that all pass the model, without model instances.
+    def _plain_dicts(self, records: Sequence[Any]) -> Sequence[dict[str, Any]] | None:
+        """The chunk as dicts holding the data columns, if it takes the fast paths; else None.
 
-        pydantic-core validates each dict against the model's own field schemas into a
-        dict (see :func:`fields_validator`): about a third of the cost of building model
-        instances and reading their attributes back. Any error, or anything but plain
-        dicts, returns None: the chunk then takes the model path, which names each bad
-        record exactly as before. So this path only ever accepts what the model accepts.
+        Without a model: plain dicts with exactly as many keys as data columns (so they
+        cannot carry another date; a wrong key surfaces when the columns are read). With
+        a model: plain dicts that all pass it, validated by pydantic-core against the
+        model's own field schemas into dicts (see :func:`fields_validator`), about a
+        third of the cost of building model instances and reading their attributes back.
+        Any validation error returns None: the chunk then takes the model path, which
+        names each bad record. So this only ever accepts what the model accepts.
         """
-        if self._as_dicts is None or set(map(type, records)) - {dict}:
+        if set(map(type, records)) - {dict}:
+            return None
+        if self._adapter is None:
+            return records if set(map(len, records)) <= {len(self.columns) - 1} else None
+        if self._as_dicts is None:
             return None
         try:
-            valid = self._as_dicts.validate_python(records)
-            return self._with_day(map(self._by_item, valid))
-        except (pydantic.ValidationError, KeyError):  # KeyError: a column that is no field
+            valid: list[dict[str, Any]] = self._as_dicts.validate_python(records)
+        except pydantic.ValidationError:
             return None
+        return valid
 
-    def _rows_of_plain_dicts(self, items: Sequence[Any]) -> list[Row] | None:
-        """Dicts holding exactly the data columns cannot carry another date: no per-row check."""
-        if set(map(type, items)) - {dict} or set(map(len, items)) - {len(self.columns) - 1}:
-            return None
+    def _rows_of_dicts(self, dicts: Sequence[dict[str, Any]]) -> list[Row] | None:
         try:
-            return self._with_day(map(self._by_item, items))
-        except KeyError:  # a wrong key of the right count: the slow path names it
+            return self._with_day(map(self._by_item, dicts))
+        except KeyError:  # a wrong key, or a column that is no field: the slow path names it
             return None
 
     def _rows_of_models(self, models: Sequence[Any]) -> list[Row] | None:

@@ -16,7 +16,7 @@ import datetime as dt
 import logging
 import math
 import time
-from collections.abc import Awaitable, Iterable, Iterator, Sequence, Sized
+from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -25,8 +25,9 @@ import pydantic
 
 from etl_assets import collector, frames
 from etl_assets.arrow_shaper import ArrowShaper
-from etl_assets.batch_bytes import DEFAULT_BATCH_BYTES, record_chunks
+from etl_assets.batch_bytes import DEFAULT_BATCH_BYTES
 from etl_assets.breaker import DEFAULT_CONFIDENCE, reject_share_exceeded
+from etl_assets.columnar_records import ColumnarRecords
 from etl_assets.errors import (
     CircuitBreakerOpenError,
     ConfigurationError,
@@ -35,6 +36,7 @@ from etl_assets.errors import (
     PublishRefusedError,
     RecordError,
 )
+from etl_assets.paced_source import paced_chunks
 from etl_assets.postgres.arrow_copy import ArrowRows, column_types
 from etl_assets.postgres.conversions import ConversionPlan, conversion_plan
 from etl_assets.postgres.housekeeping import abandon_dead_loads
@@ -362,7 +364,7 @@ def _chunks_and_shaper(
     column_types: dict[str, str],
     plan: ConversionPlan,
     settings: LoadSettings,
-) -> tuple[Iterator[Sized], Shaper]:
+) -> tuple[AsyncIterator[Sized], Shaper]:
     """Bounded chunks of the source, and what validates them: columnar or record by record."""
     if frames.is_columnar(records):
         shaper: Shaper = ArrowShaper(
@@ -375,8 +377,9 @@ def _chunks_and_shaper(
             plan=plan,
             table_sql=target.sql_name,
         )
-        return frames.arrow_batches(records, settings.batch_size, settings.batch_bytes), shaper
-    chunks = record_chunks(records, settings.batch_size, settings.batch_bytes)
+        batches = frames.arrow_batches(records, settings.batch_size, settings.batch_bytes)
+        return _each(batches), shaper
+    chunks = paced_chunks(records, settings.batch_size, settings.batch_bytes)
     shaper = RecordShaper(
         target.data_columns,
         target.partition_column,
@@ -385,6 +388,9 @@ def _chunks_and_shaper(
         partition_from_table=True,
         checks=plan.checks,
         encodings=plan.encodings,
+        columnar=ColumnarRecords.for_load(
+            column_types, target.data_columns, target.partition_column, day
+        ),
     )
     return chunks, shaper
 
@@ -466,8 +472,14 @@ async def _prepare(
     return kind, types, plan, added
 
 
+async def _each(batches: Iterator[Sized]) -> AsyncIterator[Sized]:
+    """Arrow batches are sliced from data already in memory: nothing to pace."""
+    for batch in batches:
+        yield batch
+
+
 async def _pipeline(
-    chunks: Iterator[Sized],
+    chunks: AsyncIterator[Sized],
     shaper: Shaper,
     writer: BatchWriter,
     target: TableTarget,
@@ -483,7 +495,9 @@ async def _pipeline(
     )
 
     async def produce() -> None:
-        for batch_no, chunk in enumerate(chunks):
+        batch_no = -1
+        async for chunk in chunks:
+            batch_no += 1
             first = progress.enqueued
             progress.enqueued += len(chunk)
             progress.batches_cut += 1
