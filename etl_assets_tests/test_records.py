@@ -75,7 +75,7 @@ def test_valid_dicts_give_the_rows_the_model_gives(
     """Defaults, aliases, coercion, field validators and config act as through the model."""
     fast, slow = _shapers(model, columns)
     assert fields_validator(model) is not None
-    assert fast._rows_of_valid_dicts(chunk) is not None  # the fast path did it
+    assert fast._plain_dicts(chunk) is not None  # the fast path did it
     shaped, expected = fast.shape(5, chunk), slow.shape(5, chunk)
     assert (shaped.rows, shaped.record_nos, shaped.rejected) == (
         expected.rows,

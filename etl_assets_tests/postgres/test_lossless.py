@@ -341,3 +341,20 @@ def test_an_int_out_of_bigint_range_is_a_dead_letter(pg_dsn: str, schema: str) -
         assert await stored(pg_dsn, target) == [1, 3]
 
     asyncio.run(scenario())
+
+
+def test_a_str_in_a_date_column_without_a_model_is_a_dead_letter(pg_dsn: str, schema: str) -> None:
+    """asyncpg's date encoder calls ``toordinal``: its AttributeError was a crashed load."""
+    target = one_column(schema, "date")
+    day = dt.date(2024, 2, 29)
+    rows = [{"id": 0, "v": day}, {"id": 1, "v": "2024-01-01"}, {"id": 2, "v": None}]
+
+    async def scenario() -> None:
+        report = await load(pg_dsn, target, rows)
+        assert (report.written, report.dead_lettered) == (2, 1)
+        letters = await dead_letters(pg_dsn, schema)
+        assert [(r["record_no"], r["error_class"]) for r in letters] == [(1, "AttributeError")]
+        assert json.loads(letters[0]["payload"])["v"] == "2024-01-01"
+        assert await stored(pg_dsn, target) == [day, None]
+
+    asyncio.run(scenario())
