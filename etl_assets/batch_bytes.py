@@ -27,6 +27,7 @@ __all__ = [
     "ARROW_COPIES",
     "DEFAULT_BATCH_BYTES",
     "SAMPLE",
+    "chunk_size",
     "record_chunks",
     "record_size",
     "split_by_bytes",
@@ -53,7 +54,8 @@ def record_size(record: Any) -> int:
     return size
 
 
-def _records_within(sample: list[Any], max_records: int, max_bytes: int) -> int:
+def chunk_size(sample: list[Any], max_records: int, max_bytes: int) -> int:
+    """How many records the chunk that starts with ``sample`` (its first records) holds."""
     if not sample:
         return max_records
     per_record = max(1, sum(map(record_size, sample)) // len(sample))
@@ -68,7 +70,7 @@ def record_chunks(records: Iterable[Any], max_records: int, max_bytes: int) -> I
     iterator = iter(records)
     pending = list(itertools.islice(iterator, min(SAMPLE, max_records)))
     while pending:
-        size = _records_within(pending[:SAMPLE], max_records, max_bytes)
+        size = chunk_size(pending[:SAMPLE], max_records, max_bytes)
         chunk, pending = pending[:size], pending[size:]
         if len(chunk) < size:
             chunk.extend(itertools.islice(iterator, size - len(chunk)))

@@ -9,20 +9,19 @@ run between them, and a writer's next message leaves within about a millisecond,
 the server ingests one batch while the client reads the next (docs/PERFORMANCE.md,
 "The record path").
 
-Batches are still cut by :func:`etl_assets.batch_bytes.record_chunks` from the same
-records in the same order; the read-ahead holds at most about one batch, so memory
-stays bounded in bytes as before.
+Batches are cut exactly as :func:`etl_assets.batch_bytes.record_chunks` cuts them (the
+tests compare the two), from a list the slices are read into: no Python step per record
+on the way. The read-ahead holds about one batch, so memory stays bounded in bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import itertools
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
-from etl_assets.batch_bytes import SAMPLE, record_chunks
+from etl_assets.batch_bytes import SAMPLE, chunk_size
 
 __all__ = ["SLICE", "paced_chunks"]
 
@@ -30,49 +29,53 @@ SLICE = 1_000
 
 
 class _ReadAhead:
-    """The source, with records read ahead into a buffer by :meth:`fill`.
-
-    Iterating yields the buffer first and reads the source directly only when the buffer
-    is empty: the order is the source's whatever was read ahead.
-    """
+    """The source, read ahead into a list by :meth:`fill`; chunks are taken off its front."""
 
     def __init__(self, records: Iterable[Any]) -> None:
         self._source = iter(records)
-        self._buffer: collections.deque[Any] = collections.deque()
+        self._buffer: list[Any] = []
         self._exhausted = False
-
-    def __iter__(self) -> Iterator[Any]:
-        buffer, source = self._buffer, self._source
-        while True:
-            if buffer:
-                yield buffer.popleft()
-                continue
-            try:
-                yield next(source)
-            except StopIteration:
-                return
 
     async def fill(self, records: int) -> None:
         """Read ahead until ``records`` are buffered, letting the loop run after each slice."""
         while not self._exhausted and len(self._buffer) < records:
-            wanted = min(SLICE, records - len(self._buffer))  # never past the next batch
-            piece = list(itertools.islice(self._source, wanted))
-            self._exhausted = len(piece) < wanted
-            self._buffer.extend(piece)
+            self._read(min(SLICE, records - len(self._buffer)))  # never past the next batch
             await asyncio.sleep(0)
+
+    def head(self, records: int) -> list[Any]:
+        """The first ``records`` buffered (fewer at the source's end), read now if need be."""
+        if len(self._buffer) < records and not self._exhausted:
+            self._read(records - len(self._buffer))
+        return self._buffer[:records]
+
+    def take(self, records: int) -> list[Any]:
+        chunk = self.head(records)
+        del self._buffer[: len(chunk)]
+        return chunk
+
+    def _read(self, wanted: int) -> None:
+        piece = list(itertools.islice(self._source, wanted))
+        self._exhausted = len(piece) < wanted
+        self._buffer.extend(piece)
 
 
 async def paced_chunks(
     records: Iterable[Any], max_records: int, max_bytes: int
 ) -> AsyncIterator[list[Any]]:
-    """:func:`record_chunks` of ``records``, each read ahead in slices first."""
+    """The chunks :func:`record_chunks` cuts from ``records``, each read ahead in slices.
+
+    The same rule: a chunk holds at most ``max_records`` records and is sized from its
+    own first :data:`SAMPLE` records (:func:`chunk_size`), so the cuts depend on the
+    records only.
+    """
     ahead = _ReadAhead(records)
-    chunks = record_chunks(ahead, max_records, max_bytes)
-    expected = min(SAMPLE, max_records)
+    sample_size = min(SAMPLE, max_records)
+    expected = sample_size
     while True:
         await ahead.fill(expected)
-        chunk = next(chunks, None)
-        if chunk is None:
+        sample = ahead.head(sample_size)
+        if not sample:
             return
-        expected = len(chunk)  # chunks are sized from their records: the next is alike
-        yield chunk
+        size = chunk_size(sample, max_records, max_bytes)
+        expected = size  # chunks are sized from their records: the next one is alike
+        yield ahead.take(size)
