@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
+import threading
+import traceback
 import urllib.parse
 import uuid
 from collections.abc import Iterator
@@ -78,10 +81,44 @@ def db_dsn(pg_dsn: str) -> Iterator[str]:
     asyncio.run(execute(pg_dsn, f'DROP DATABASE "{name}" WITH (FORCE)'))
 
 
-def pytest_sessionfinish(session: pytest.Session) -> None:
+_EXIT_STATUS: list[int] = []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """With ETL_ASSETS_RELIABILITY_REPORT=path, write the fault scenarios' table there."""
+    _EXIT_STATUS.append(int(exitstatus))
     from etl_assets_tests.faults.harness import OUTCOMES, REPORT_ENV, write_report
 
     path = os.environ.get(REPORT_ENV)
     if path and OUTCOMES:
         write_report(Path(path))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """A thread left running by a test must not hang the suite at exit: name it, exit.
+
+    Once (CI-like full run) the session printed its summary and then waited for ever on
+    a thread a test had left behind; ``.ci/run`` would have run into its time limit.
+    So after the summary, every non-daemon thread gets 10 s to end; those that do not
+    are printed with their stacks (where it waits names the culprit) and the process
+    exits with the session's own status: the tests' verdict stands, and the leak is on
+    record in the output instead of a run killed at its time limit.
+    """
+    lingering = [
+        t for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()
+    ]
+    for thread in lingering:
+        thread.join(timeout=10)
+    stuck = [t for t in lingering if t.is_alive()]
+    if not stuck:
+        return
+    frames = sys._current_frames()
+    out = sys.__stderr__ or sys.stderr
+    for thread in stuck:
+        stack = (
+            "".join(traceback.format_stack(frames[thread.ident])) if thread.ident in frames else ""
+        )
+        out.write(f"\nLEAKED THREAD {thread.name!r} still running after the session:\n{stack}")
+    out.flush()
+    os._exit(_EXIT_STATUS[0] if _EXIT_STATUS else 1)
