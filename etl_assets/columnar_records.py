@@ -149,7 +149,8 @@ class ColumnarRecords:
         day: dt.date,
     ) -> ColumnarRecords | None:
         """The columnar form of a load's records, or None if a column cannot take it
-        (a type outside ``_CONVERT``, or pyarrow and pgpq not installed)."""
+        (a type outside ``_CONVERT``, a partition column that is not a ``date``, or
+        pyarrow and pgpq not installed)."""
         try:
             import pgpq  # noqa: F401  the encoder copy_arrow uses
             import pyarrow as pa
@@ -157,6 +158,8 @@ class ColumnarRecords:
             return None
         import pyarrow.compute
 
+        if column_types.get(partition_column) != "date":  # the batch carries it as a date
+            return None
         columns = []
         for name in data_columns:
             convert = _CONVERT.get(column_types.get(name, ""))

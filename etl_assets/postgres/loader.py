@@ -495,10 +495,8 @@ async def _pipeline(
     )
 
     async def produce() -> None:
-        batch_no = -1
         async for chunk in chunks:
-            batch_no += 1
-            first = progress.enqueued
+            batch_no, first = progress.batches_cut, progress.enqueued
             progress.enqueued += len(chunk)
             progress.batches_cut += 1
             await queue.put(_prepare_batch(batch_no, first, chunk, shaper, target, day))
