@@ -10,6 +10,7 @@ exactly that many slots.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 import time
@@ -23,6 +24,7 @@ import pytest
 import sqlalchemy.exc
 
 from etl_assets.storage import PoolSafeEventLogStorage
+from etl_assets_tests.postgres.helpers import fetch
 
 POOL = "postgres"
 
@@ -61,25 +63,13 @@ def instance_with(
 
 def slot_rows(db_dsn: str) -> int:
     """Live slot rows for the pool, counted in the table itself."""
-    with contextlib.closing(psycopg2.connect(db_dsn)) as conn, conn.cursor() as cur:
-        cur.execute(
-            "SELECT count(*) FROM concurrency_slots WHERE concurrency_key = %s AND NOT deleted",
-            (POOL,),
-        )
-        row = cur.fetchone()
-    assert row is not None
-    return int(row[0])
+    sql = "SELECT count(*) FROM concurrency_slots WHERE concurrency_key = $1 AND NOT deleted"
+    return int(asyncio.run(fetch(db_dsn, sql, POOL))[0][0])
 
 
 def limit_row(db_dsn: str) -> tuple[int, bool]:
-    with contextlib.closing(psycopg2.connect(db_dsn)) as conn, conn.cursor() as cur:
-        cur.execute(
-            'SELECT "limit", using_default_limit FROM concurrency_limits '
-            "WHERE concurrency_key = %s",
-            (POOL,),
-        )
-        row = cur.fetchone()
-    assert row is not None
+    sql = 'SELECT "limit", using_default_limit FROM concurrency_limits WHERE concurrency_key = $1'
+    (row,) = asyncio.run(fetch(db_dsn, sql, POOL))
     return int(row[0]), bool(row[1])
 
 
