@@ -55,6 +55,7 @@ __all__ = [
 ]
 
 LOAD_LOCK_CLASS = 0x65746C6C  # "etll": pg_advisory_lock(class, hash of a load) = "it runs"
+PUBLISH_LOCK_CLASS = 0x65746C70  # "etlp": one publish of a partition at a time
 
 
 class LoadKey(NamedTuple):
@@ -346,22 +347,66 @@ class Ledger(LedgerLayout):
         )
 
     async def publish_letters(self, conn: asyncpg.Connection, key: LoadKey) -> int:
-        """In the publish transaction: the load's letters open, every other unresolved
-        letter of the partition is superseded (the new load read the source again)."""
+        """In the publish transaction: every letter of the load opens, and the letters
+        of the loads whose rows this publish replaces are superseded.
+
+        Superseded: the open letters of loads that published before (their rows go), and
+        the pending ones of loads that ended without publishing (failed, abandoned).
+        Never the pending letters of a load still ``loading``: a second load of the
+        partition running meanwhile may publish after this one, and its rejected
+        records must then be open, not lost (publishes of one partition are serialized
+        by :meth:`lock_partition_publish`, so "still loading" is read after any earlier
+        publish committed). The load's own letters open whatever became of them while it
+        ran: a failed load resumed under its id may have seen them superseded.
+        """
         await conn.execute(
-            f"UPDATE {self.dead_letters} SET status = 'superseded', "
+            f"UPDATE {self.dead_letters} AS d SET status = 'superseded', "
             f"resolved_at = clock_timestamp(), resolved_by = $3, "
             f"resolution = 'load ' || $3 || ' of the partition published' "
-            f"WHERE target = $1 AND partition_key = $2 AND load_id <> $3 "
-            f"AND status IN ('pending', 'open')",
+            f"WHERE d.target = $1 AND d.partition_key = $2 AND d.load_id <> $3 "
+            f"AND d.status IN ('pending', 'open') AND NOT EXISTS ("
+            f"SELECT 1 FROM {self.loads} AS l WHERE l.target = d.target "
+            f"AND l.partition_key = d.partition_key AND l.load_id = d.load_id "
+            f"AND l.status = 'loading')",
             *key,
         )
         status = await conn.execute(
-            f"UPDATE {self.dead_letters} SET status = 'open' "
-            f"WHERE target = $1 AND partition_key = $2 AND load_id = $3 AND status = 'pending'",
+            f"UPDATE {self.dead_letters} SET status = 'open', resolved_at = NULL, "
+            f"resolved_by = NULL, resolution = NULL "
+            f"WHERE target = $1 AND partition_key = $2 AND load_id = $3 "
+            f"AND status IN ('pending', 'superseded')",
             *key,
         )
         return int(status.rsplit(" ", 1)[-1])
+
+    async def lock_partition_publish(self, conn: asyncpg.Connection, key: LoadKey) -> None:
+        """Serialize the publishes of one partition (a transaction lock: any pooler).
+
+        Two loads of a partition publishing at once would each read the other as still
+        loading and supersede none of its letters; in turn, each reads the other's
+        outcome after it committed.
+        """
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+            PUBLISH_LOCK_CLASS,
+            "\x1f".join((self.schema, key.target, key.partition_key)),
+        )
+
+    async def own_letter_statuses(self, conn: asyncpg.Connection, key: LoadKey) -> dict[str, int]:
+        """The load's own letters by status (a retention's deleted ones by their tally).
+
+        What the blocking check proves of the published load: each of its rejected
+        records is open or resolved, none pending or superseded (where no one looks).
+        """
+        of_load = "WHERE target = $1 AND partition_key = $2 AND load_id = $3"
+        rows = await conn.fetch(
+            f"SELECT status, sum(n)::bigint FROM ("
+            f"SELECT status, count(*) AS n FROM {self.dead_letters} {of_load} GROUP BY 1 "
+            f"UNION ALL SELECT status, sum(letters) FROM {self.deleted_letters} {of_load} "
+            f"GROUP BY 1) AS c GROUP BY 1",
+            *key,
+        )
+        return {row[0]: row[1] for row in rows}
 
     async def open_letters(
         self,

@@ -265,6 +265,7 @@ class StagedPublisher:
         order for both, so they serialize instead of deadlocking).
         """
         async with conn.transaction():
+            await self.ledger.lock_partition_publish(conn, self.key)
             status = await self.ledger.lock_status(conn, self.key)
             if status is not None and status.finished:  # an earlier COMMIT went through
                 return

@@ -45,6 +45,7 @@ class PartitionAudit:
     problems: tuple[str, ...]
     letters_replayed: int = 0  # of that load's letters (and its replays'), marked replayed
     letters_open: int = 0
+    letters_unfindable: int = 0  # of that load's own letters: pending or superseded
 
     @property
     def ok(self) -> bool:
@@ -65,6 +66,7 @@ class PartitionAudit:
             "in_table": self.in_table,
             "dead_letter_rows": self.dead_letter_rows,
             "dead_letters_open": self.letters_open,
+            "dead_letters_unfindable": self.letters_unfindable,
         }
 
 
@@ -133,12 +135,14 @@ async def _audit_partition(
     dead_rows = await ledger.dead_letter_rows(conn, key)
     replayed_in = await ledger.replayed_in(conn, key)
     letters = await ledger.letter_counts(conn, key)
+    own = await ledger.own_letter_statuses(conn, key)
     audit = PartitionAudit(
         partition, key.load_id, totals.enqueued, totals.written, totals.dead_lettered,
         replayed_in, totals.written + replayed_in if in_table is None else in_table, dead_rows,
         (),
         letters_replayed=letters.get(LetterStatus.REPLAYED, 0),
         letters_open=letters.get(LetterStatus.OPEN, 0),
+        letters_unfindable=own.get(LetterStatus.PENDING, 0) + own.get(LetterStatus.SUPERSEDED, 0),
     )  # fmt: skip
     return _with_problems(audit, target)
 
@@ -153,6 +157,12 @@ def _with_problems(audit: PartitionAudit, target: TableTarget) -> PartitionAudit
     if audit.dead_letter_rows != audit.dead_lettered:
         problems.append(
             f"{audit.dead_letter_rows} dead-letter rows, the ledger counts {audit.dead_lettered}"
+        )
+    if audit.letters_unfindable:
+        problems.append(
+            f"{audit.letters_unfindable} dead letter(s) of load {audit.load_id} are pending or "
+            "superseded although its rows are the table's: rejected records that neither the "
+            "table nor the open queue holds (list, export and replay cannot see them)"
         )
     if audit.letters_replayed != audit.replayed_in:
         problems.append(
