@@ -29,7 +29,7 @@ from etl_assets.component_scaffolder import PostgresLoadScaffolder
 from etl_assets.frames import classify_output
 from etl_assets.io_manager import (
     BACKFILL_CHUNK,
-    KEY_DIGEST_KEY,
+    LOAD_SETTING_KEYS,
     PartitionRecords,
     postgres_asset,
 )
@@ -81,6 +81,9 @@ class LoadOptions(dg.Resolvable):
     batch_size: int | None = None
     max_dead_letter_ratio: float | None = None
     key_digest: bool | None = None
+    lease_ttl_s: float | None = None
+    lock_timeout_s: float | None = None
+    lock_wait_budget_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,13 @@ class PostgresLoadComponent(dg.Component, dg.Resolvable):
         source = fields.function("source", self.source)
         table = fields.table(self.table, self.load_settings or LoadOptions(), model)
         partitions_def = fields.partitions(self.partitions)
+        for name, least in (("lease_ttl_s", 1.0), ("lock_timeout_s", 0.001)):
+            value = getattr(self.load_settings, name, None)
+            if value is not None and value < least:
+                fields.refuse(f"load_settings.{name}", f"{value} is below {least:g}", "e.g. 120")
+        budget = getattr(self.load_settings, "lock_wait_budget_s", None)
+        if budget is not None and budget < 0:
+            fields.refuse("load_settings.lock_wait_budget_s", f"{budget} is negative", "e.g. 300")
         if self.backfill_chunk < 1:
             fields.refuse("backfill_chunk", f"{self.backfill_chunk} is not >= 1", "e.g. 31")
         if self.asset.partitions_def is not None:
@@ -150,8 +160,10 @@ class PostgresLoadComponent(dg.Component, dg.Resolvable):
     ) -> dg.AssetsDefinition:
         """The asset, through ``postgres_asset``: the same defaults as in Python."""
         metadata = dict(spec.metadata)
-        if self.load_settings is not None and self.load_settings.key_digest is not None:
-            metadata[KEY_DIGEST_KEY] = self.load_settings.key_digest
+        for name, key in LOAD_SETTING_KEYS.items():
+            value = getattr(self.load_settings, name, None)
+            if value is not None:
+                metadata[key] = value
         tags = {k: v for k, v in spec.tags.items() if not k.startswith("dagster/kind/")}
 
         @postgres_asset(

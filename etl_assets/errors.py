@@ -29,6 +29,7 @@ __all__ = [
     "LoginRefusedError",
     "PermissionDeniedError",
     "PoolExhaustedError",
+    "PublishBlockedError",
     "PublishRefusedError",
     "RecordError",
     "RetryableError",
@@ -149,6 +150,10 @@ class LoadIntegrityError(FatalError):
 
 class PublishRefusedError(FatalError):
     """The server refused to make the staged partition visible; nothing was published."""
+
+
+class PublishBlockedError(FatalError):
+    """A publish waited its whole lock budget behind other sessions; nothing published."""
 
 
 class StatementTimeoutError(FatalError):

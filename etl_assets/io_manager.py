@@ -39,13 +39,16 @@ from etl_assets.partition_outcomes import (
     partitions_failed,
     stops_the_run,
 )
+from etl_assets.postgres.lease import DEFAULT_LEASE_TTL_S
 from etl_assets.postgres.loader import (
+    DEFAULT_LOCK_WAIT_BUDGET_S,
     LoadReport,
     LoadSettings,
     finished_report,
     load_partition,
     resolve_load_id,
 )
+from etl_assets.postgres.publish import DEFAULT_LOCK_TIMEOUT_S
 from etl_assets.postgres.reader import PartitionStream, read_arrow, read_dicts
 from etl_assets.postgres.resource import PostgresResource, run_sync
 from etl_assets.postgres.retry import RetryPolicy
@@ -54,6 +57,7 @@ from etl_assets.spec import PostgresTable
 __all__ = [
     "IO_MANAGER_KEY",
     "KEY_DIGEST_KEY",
+    "LOAD_SETTING_KEYS",
     "PartitionRecords",
     "PartitionStream",
     "ResilientPostgresIOManager",
@@ -67,6 +71,14 @@ IO_MANAGER_KEY = "postgres_io_manager"
 KEY_DIGEST_KEY = "etl_assets/key_digest"
 """Definition metadata that turns the key digest on or off for one asset (the YAML load's
 ``load.key_digest``); absent: the IO manager's ``key_digest``."""
+LOAD_SETTING_KEYS = {
+    "key_digest": KEY_DIGEST_KEY,
+    "lease_ttl_s": "etl_assets/lease_ttl_s",
+    "lock_timeout_s": "etl_assets/lock_timeout_s",
+    "lock_wait_budget_s": "etl_assets/lock_wait_budget_s",
+}
+"""Definition metadata keys of the IO manager's settings one asset may set for itself (the
+Component's ``load_settings``); absent: the IO manager's value."""
 BACKFILL_CHUNK = 31
 """Partitions per backfill run: a wide backfill pays one run's start-up (process, code
 load, resources) per chunk instead of per partition, and a run's memory is bounded by
@@ -107,6 +119,16 @@ def postgres_asset(
     return decorator
 
 
+def _per_asset(settings: LoadSettings, metadata: Mapping[str, Any]) -> LoadSettings:
+    """``settings`` with the asset's own values (``LOAD_SETTING_KEYS``) in place."""
+    changes = {}
+    for name, key in LOAD_SETTING_KEYS.items():
+        if (value := metadata.get(key)) is not None:
+            kind = type(getattr(settings, name))  # bool or float, as the default is
+            changes[name] = kind(getattr(value, "value", value))
+    return dataclasses.replace(settings, **changes) if changes else settings
+
+
 class ResilientPostgresIOManager(dg.ConfigurableIOManager):
     """Writes each partition through the ledgered, retried, audited load engine."""
 
@@ -144,6 +166,25 @@ class ResilientPostgresIOManager(dg.ConfigurableIOManager):
         description="Store a digest of each batch's primary keys, so the blocking check "
         "catches a row swapped for another (costs ~5% of load speed; off: counts only).",
     )
+    lease_ttl_s: float = Field(
+        default=DEFAULT_LEASE_TTL_S,
+        ge=1,
+        description="A load's lease (renewed on a thread of its own, whatever the source "
+        "does) lapses this long after its process could last renew it: how soon a cleanup "
+        "or a second load of the partition may take over a load whose process died.",
+    )
+    lock_timeout_s: float = Field(
+        default=DEFAULT_LOCK_TIMEOUT_S,
+        gt=0,
+        description="Each request of a publish for a table lock gives up after this, so "
+        "readers queued behind it wait at most this long (README, Production PostgreSQL).",
+    )
+    lock_wait_budget_s: float = Field(
+        default=DEFAULT_LOCK_WAIT_BUDGET_S,
+        ge=0,
+        description="How long a publish goes on asking for its lock behind other sessions "
+        "before the load fails naming them (nothing published, staged rows kept).",
+    )
 
     def settings(self, spec: PostgresTable) -> LoadSettings:
         return LoadSettings(
@@ -158,6 +199,9 @@ class ResilientPostgresIOManager(dg.ConfigurableIOManager):
             retry=RetryPolicy(attempts=self.retry_attempts, timeout_s=self.retry_budget_s),
             ledger_schema=self.postgres.ledger_schema,
             key_digest=self.key_digest,
+            lease_ttl_s=self.lease_ttl_s,
+            lock_timeout_s=self.lock_timeout_s,
+            lock_wait_budget_s=self.lock_wait_budget_s,
         )
 
     # A generator: Dagster stores the events it yields (execute_step.py _store_output).
@@ -175,11 +219,7 @@ class ResilientPostgresIOManager(dg.ConfigurableIOManager):
         spec = PostgresTable.from_metadata(context.definition_metadata, owner)
         partitions = _partitions(context, obj, owner, spec.partition_column)
         run = _RunLineage.of(context)
-        settings = self.settings(spec)
-        if (digest := context.definition_metadata.get(KEY_DIGEST_KEY)) is not None:
-            settings = dataclasses.replace(
-                settings, key_digest=bool(getattr(digest, "value", digest))
-            )
+        settings = _per_asset(self.settings(spec), context.definition_metadata)
         outcomes = PartitionOutcomes()
 
         async def load_all(pool: asyncpg.Pool) -> None:

@@ -16,12 +16,21 @@ import datetime as dt
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator, Sequence, Sized
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Sequence,
+    Sized,
+)
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import asyncpg
 import pydantic
+import stamina
 
 from etl_assets import collector, frames
 from etl_assets.arrow_shaper import ArrowShaper
@@ -33,6 +42,7 @@ from etl_assets.errors import (
     ConfigurationError,
     EtlError,
     FatalError,
+    PublishBlockedError,
     PublishRefusedError,
     RecordError,
 )
@@ -53,6 +63,8 @@ from etl_assets.postgres.privileges import (
     table_use,
 )
 from etl_assets.postgres.publish import (
+    DEFAULT_LOCK_TIMEOUT_S,
+    Blocker,
     StagedPublisher,
     TargetKind,
     audit,
@@ -81,6 +93,7 @@ __all__ = [
 ]
 
 Row = tuple[Any, ...]
+T = TypeVar("T")
 
 
 class Shaper(Protocol):
@@ -90,6 +103,9 @@ class Shaper(Protocol):
 
 
 _SAMPLE = 10
+# How long a publish goes on asking for its lock behind readers before it fails, naming
+# them: long enough for a report query or a pg_dump of the table to end.
+DEFAULT_LOCK_WAIT_BUDGET_S = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +123,8 @@ class LoadSettings:
     key_digest: bool = True  # per-batch digest of the primary keys: etl_assets.postgres.key_digest
     ledger_schema: str = "etl"
     lease_ttl_s: float = DEFAULT_LEASE_TTL_S  # a live load's lease lapses this long unrenewed
+    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S  # per request of a publish's table lock
+    lock_wait_budget_s: float = DEFAULT_LOCK_WAIT_BUDGET_S  # all of a publish's lock waits
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.writers < 1 or self.queue_depth < 0 or self.batch_bytes < 1:
@@ -117,6 +135,10 @@ class LoadSettings:
             raise ConfigurationError("max_dead_letter_ratio is a share between 0 and 1")
         if not 0.5 <= self.breaker_confidence < 1:
             raise ConfigurationError("breaker_confidence is a probability in [0.5, 1)")
+        if self.lease_ttl_s < 1 or self.lock_timeout_s <= 0 or self.lock_wait_budget_s < 0:
+            raise ConfigurationError(
+                "lease_ttl_s must be >= 1 s, lock_timeout_s > 0 and lock_wait_budget_s >= 0"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,7 +343,7 @@ async def _locked_load(
     try:
         await _pipeline(chunks, shaper, writer, target, day, settings, progress, log, key, started)
         publishing = time.perf_counter()
-        totals = await _finish(pool, ledger, target, publisher, kind, key, progress, settings)
+        totals = await _finish(pool, ledger, target, publisher, kind, key, progress, settings, log)
         publish_s = time.perf_counter() - publishing
     except BaseException as exc:
         await mark_load_failed(pool, ledger, key, log)
@@ -627,6 +649,7 @@ async def _finish(
     key: LoadKey,
     progress: _Progress,
     settings: LoadSettings,
+    log: Log,
 ) -> PartitionTotals:
     """Audit against the ledger, then publish (replace) or mark complete (upsert)."""
 
@@ -638,11 +661,17 @@ async def _finish(
             expected_enqueued=progress.enqueued,
             expected_batches=progress.batches_cut,
         )
-        await publisher.publish(conn, kind, totals)
+        try:
+            await publisher.publish(conn, kind, totals, settings.lock_timeout_s)
+        except asyncpg.LockNotAvailableError as exc:  # rolled back: ask who holds the lock
+            raise _LockWait(await publisher.blockers(conn, kind)) from exc
         return totals
 
     try:
-        return await with_retries(pool, settings.retry, finish)
+        return await _behind_readers(
+            key, publisher.target.name, settings, log,
+            lambda: with_retries(pool, settings.retry, finish),
+        )  # fmt: skip
     except RecordError as exc:  # class 22/23 at publish: no record to isolate any more
         raise PublishRefusedError(
             f"{key}: the server refused to publish the staged partition ({exc}); nothing "
@@ -651,6 +680,66 @@ async def _finish(
             "does not have: see the detail, fix the table or the data, and load again",
             sqlstate=exc.sqlstate,
         ) from exc
+
+
+class _LockWait(Exception):  # a signal between attempts, never raised out of the loader
+    """A publish attempt gave up on a lock after ``lock_timeout_s``; who held it."""
+
+    def __init__(self, blockers: list[Blocker]) -> None:
+        super().__init__(blockers)
+        self.blockers = blockers
+
+    def named(self) -> str:
+        held = "; ".join(map(str, self.blockers))
+        return held or "no session now (it ended meanwhile)"
+
+
+async def _behind_readers(
+    key: LoadKey,
+    table: str,
+    settings: LoadSettings,
+    log: Log,
+    attempt: Callable[[], Awaitable[T]],
+) -> T:
+    """``attempt()`` again after each lock timeout, with backoff and jitter (readers run
+    meanwhile), until ``lock_wait_budget_s`` is spent; each wait logged with its holders.
+
+    stamina bounds it by time alone: the budget is what a user reasons about.
+    """
+    started = time.monotonic()
+    last: _LockWait | None = None
+    try:
+        async for retry in stamina.retry_context(
+            on=_LockWait, attempts=None, timeout=settings.lock_wait_budget_s,
+            wait_initial=0.5, wait_max=5.0, wait_jitter=0.5,
+        ):  # fmt: skip
+            with retry:
+                try:
+                    return await attempt()
+                except _LockWait as wait:
+                    last = wait
+                    log.warning(
+                        "%s: publish waited %.1f s for its lock on %s (lock_timeout_s=%g), "
+                        "held by %s; asking again after a pause (%.0f s of "
+                        "lock_wait_budget_s=%g spent)",
+                        key, settings.lock_timeout_s, table, settings.lock_timeout_s,
+                        wait.named(), time.monotonic() - started, settings.lock_wait_budget_s,
+                    )  # fmt: skip
+                    raise
+    except _LockWait:
+        pass
+    assert last is not None
+    raise PublishBlockedError(
+        f"{key}: could not publish: for {time.monotonic() - started:.0f} s "
+        f"(lock_wait_budget_s={settings.lock_wait_budget_s:g}) every request for the lock "
+        f"on {table} timed out after lock_timeout_s={settings.lock_timeout_s:g} behind "
+        f"{last.named()}. Nothing was published: the partition keeps its last published "
+        "rows, and this load's staged rows are kept (re-executing the failed run publishes "
+        "them without loading again). End or wait out those sessions (a long transaction "
+        "that read the table: SELECT pg_terminate_backend(pid) if it is stuck), or raise "
+        "lock_wait_budget_s",
+        sqlstate="55P03",
+    )
 
 
 MARK_FAILED_BUDGET_S = 30.0

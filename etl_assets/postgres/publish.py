@@ -36,6 +36,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import re
+from dataclasses import dataclass
 
 import asyncpg
 
@@ -56,6 +57,8 @@ from etl_assets.postgres.sql import (
 from etl_assets.postgres.target import TableTarget, WriteMode
 
 __all__ = [
+    "DEFAULT_LOCK_TIMEOUT_S",
+    "Blocker",
     "StagedPublisher",
     "TargetKind",
     "audit",
@@ -66,6 +69,50 @@ __all__ = [
 
 
 _DEFERRABLE = re.compile(r"\s+(NOT\s+)?DEFERRABLE(\s+INITIALLY\s+(DEFERRED|IMMEDIATE))?")
+
+
+DEFAULT_LOCK_TIMEOUT_S = 2.0  # a reader queued behind a publish's lock waits at most this
+
+# Which table lock modes a granted mode conflicts with (PostgreSQL's table, "Conflicting
+# Lock Modes"): who blocks the lock a publish asks for.
+_CONFLICTS = {
+    "AccessShareLock": {"AccessExclusiveLock"},
+    "RowShareLock": {"ExclusiveLock", "AccessExclusiveLock"},
+    "RowExclusiveLock": {
+        "ShareLock", "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock",
+    },
+    "ShareUpdateExclusiveLock": {
+        "ShareUpdateExclusiveLock", "ShareLock", "ShareRowExclusiveLock", "ExclusiveLock",
+        "AccessExclusiveLock",
+    },
+    "ShareRowExclusiveLock": {
+        "RowExclusiveLock", "ShareUpdateExclusiveLock", "ShareLock", "ShareRowExclusiveLock",
+        "ExclusiveLock", "AccessExclusiveLock",
+    },
+    "AccessExclusiveLock": {
+        "AccessShareLock", "RowShareLock", "RowExclusiveLock", "ShareUpdateExclusiveLock",
+        "ShareLock", "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock",
+    },
+}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Blocker:
+    """A session holding a lock that a publish waited for (from ``pg_stat_activity``)."""
+
+    pid: int
+    application_name: str
+    state: str | None  # None: hidden from this role (pg_read_all_stats shows it)
+    transaction_age_s: float | None
+    query_start: dt.datetime | None
+
+    def __str__(self) -> str:
+        age = "?" if self.transaction_age_s is None else f"{self.transaction_age_s:.0f} s"
+        started = "?" if self.query_start is None else self.query_start.isoformat()
+        return (
+            f"pid {self.pid} (application_name {self.application_name!r}, state "
+            f"{self.state or '?'}, transaction open {age}, query started {started})"
+        )
 
 
 class TargetKind(enum.Enum):
@@ -255,7 +302,11 @@ class StagedPublisher:
             )
 
     async def publish(
-        self, conn: asyncpg.Connection, kind: TargetKind, totals: PartitionTotals
+        self,
+        conn: asyncpg.Connection,
+        kind: TargetKind,
+        totals: PartitionTotals,
+        lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
     ) -> None:
         """Swap (replace) or merge (upsert) the staged rows in and record it, in ONE transaction.
 
@@ -263,8 +314,17 @@ class StagedPublisher:
         superseded): a replay batch holding some of them finishes before the swap, and
         one that comes after finds them superseded (letters, then the table: one lock
         order for both, so they serialize instead of deadlocking).
+
+        Every lock is asked for under ``lock_timeout``: a lock request that waits queues
+        every later reader of the table behind it, so it gives up after
+        ``lock_timeout_s`` (55P03, everything rolled back) and the caller tries again
+        after a pause in which readers run (``loader._finish``), instead of taking the
+        table offline for as long as the longest reader.
         """
         async with conn.transaction():
+            await conn.execute(
+                "SELECT set_config('lock_timeout', $1, true)", f"{round(lock_timeout_s * 1000)}ms"
+            )
             await self.ledger.lock_partition_publish(conn, self.key)
             status = await self.ledger.lock_status(conn, self.key)
             if status is not None and status.finished:  # an earlier COMMIT went through
@@ -331,11 +391,15 @@ class StagedPublisher:
             )
 
     async def _swap_partition(self, conn: asyncpg.Connection) -> None:
+        """A new day is attached (SHARE UPDATE EXCLUSIVE on the parent: readers and
+        writers of the table go on); a reloaded day's old partition is detached first,
+        which takes ACCESS EXCLUSIVE on the parent for the rest of the transaction."""
         low, high = partition_bounds(self.day)
         parent = self.target.sql_name
-        # DETACH takes ACCESS EXCLUSIVE on the parent: readers wait, then see the new day.
-        await conn.execute(f"LOCK TABLE {parent} IN ACCESS EXCLUSIVE MODE")
-        for old in await self._partitions_for_day(conn):
+        old_partitions = await self._partitions_for_day(conn)
+        if old_partitions:  # asked for first, explicitly: no weaker lock to upgrade from
+            await conn.execute(f"LOCK TABLE {parent} IN ACCESS EXCLUSIVE MODE")
+        for old in old_partitions:
             await conn.execute(f"ALTER TABLE {parent} DETACH PARTITION {old}")
             await conn.execute(f"DROP TABLE {old}")
         name = partition_table_name(self.target.table, self.day)
@@ -355,6 +419,41 @@ class StagedPublisher:
             f"ALTER TABLE {parent} ATTACH PARTITION {qualified(self.target.schema, name)} "
             f"FOR VALUES FROM ({low}) TO ({high})"
         )
+
+    async def strongest_lock(self, conn: asyncpg.Connection, kind: TargetKind) -> str:
+        """The strongest lock the publish asks for on the target (see ``publish``)."""
+        if self.target.mode is WriteMode.UPSERT:
+            return "RowExclusiveLock"
+        old = await self._partitions_for_day(conn) if kind is TargetKind.PARTITIONED else []
+        if await _references_to(conn, self.target) and (kind is TargetKind.PLAIN or old):
+            return "ShareRowExclusiveLock"  # _merge_day
+        if kind is TargetKind.PLAIN:
+            return "RowExclusiveLock"
+        return "AccessExclusiveLock" if old else "ShareUpdateExclusiveLock"
+
+    async def blockers(self, conn: asyncpg.Connection, kind: TargetKind) -> list[Blocker]:
+        """The sessions whose locks on the target (or its partitions) conflict with the
+        publish's, oldest transaction first: asked right after a lock timeout, outside
+        any transaction, they are the sessions ``pg_blocking_pids`` named while it waited.
+        """
+        wanted = await self.strongest_lock(conn, kind)
+        rows = await conn.fetch(
+            """SELECT DISTINCT a.pid, coalesce(a.application_name, '') AS application_name,
+                      a.state, extract(epoch FROM clock_timestamp() - a.xact_start)::float8
+                      AS age, a.query_start, a.xact_start
+               FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+               WHERE l.granted AND l.pid <> pg_backend_pid() AND l.mode = ANY($2::text[])
+                 AND l.relation IN (SELECT $1::regclass UNION ALL
+                                    SELECT inhrelid FROM pg_inherits
+                                    WHERE inhparent = $1::regclass)
+               ORDER BY a.xact_start NULLS LAST, a.pid""",
+            self.target.sql_name,
+            sorted(_CONFLICTS[wanted]),
+        )
+        return [
+            Blocker(r["pid"], r["application_name"], r["state"], r["age"], r["query_start"])
+            for r in rows
+        ]
 
     async def _partitions_for_day(self, conn: asyncpg.Connection) -> list[str]:
         """Existing partitions whose bound is exactly this day (found by bound, not by name)."""

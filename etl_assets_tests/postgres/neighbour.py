@@ -12,7 +12,9 @@ it, with, as asked:
 * ``pause_every`` / ``pause_s``: a pause of ``pause_s`` after every ``pause_every`` records;
 * ``pause_at`` / ``pause_s``: one pause, before that record.
 
-``start`` runs it in a new process, ``outcome`` waits for what it printed.
+``start`` runs it in a new process, ``outcome`` waits for what it printed (and adds
+what it logged, as ``stderr``). ``lease_ttl_s``, ``lock_timeout_s`` and
+``lock_wait_budget_s`` are passed on to ``LoadSettings`` when given.
 """
 
 from __future__ import annotations
@@ -63,8 +65,10 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
     settings = LoadSettings(
         ledger_schema=spec["schema"],
         batch_size=spec.get("batch_size", 100),
-        lease_ttl_s=spec.get("lease_ttl_s", 120.0),
         max_dead_letter_ratio=0.5,
+        **{
+            k: spec[k] for k in ("lease_ttl_s", "lock_timeout_s", "lock_wait_budget_s") if k in spec
+        },
     )
     day = dt.date.fromisoformat(spec["day"]) if "day" in spec else DAY
     async with PostgresResource(dsn=spec["dsn"]).pool() as pool:
@@ -109,4 +113,4 @@ def outcome(process: subprocess.Popen[str], timeout: float = 120) -> dict[str, A
     assert process.returncode in (0, 1), f"rc {process.returncode}: {err[-3000:]}"
     assert lines, f"no output: {err[-3000:]}"
     result: dict[str, Any] = json.loads(lines[-1])
-    return result
+    return {**result, "stderr": err}

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime as dt
+import threading
 import time
 from pathlib import Path
 
@@ -151,3 +154,162 @@ def test_the_blocking_check_fails_when_the_published_load_has_letters_no_one_can
         "table's: rejected records that neither the table nor the open queue holds (list, "
         "export and replay cannot see them)",
     )
+
+
+@dataclasses.dataclass
+class Probe:
+    """A reader of the whole table every second, each read bounded by statement_timeout."""
+
+    dsn: str
+    table: str
+    timeout_s: float = 3.0
+    reads: list[tuple[float, float, bool]] = dataclasses.field(default_factory=list)
+    stop: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        asyncio.run(self._read())
+
+    async def _read(self) -> None:
+        conn = await asyncpg.connect(
+            self.dsn, server_settings={"statement_timeout": f"{int(self.timeout_s * 1000)}"}
+        )
+        try:
+            while not self.stop.is_set():
+                began = time.monotonic()
+                try:
+                    await conn.fetchval(f"SELECT count(*) FROM {self.table}")
+                    timed_out = False
+                except asyncpg.QueryCanceledError:
+                    timed_out = True
+                self.reads.append((began, time.monotonic() - began, timed_out))
+                await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - began)))
+        finally:
+            await conn.close()
+
+    def during(self, start: float, end: float) -> list[tuple[float, float, bool]]:
+        return [read for read in self.reads if start <= read[0] <= end]
+
+
+class Reader(threading.Thread):
+    """A BI session: BEGIN; SELECT count(*) FROM the table; then idle in transaction."""
+
+    def __init__(self, dsn: str, table: str, hold_s: float) -> None:
+        super().__init__(daemon=True)
+        self.dsn, self.table, self.hold_s = dsn, table, hold_s
+        self.pid: int | None = None
+        self.ready = threading.Event()
+
+    def run(self) -> None:
+        asyncio.run(self._hold())
+
+    async def _hold(self) -> None:
+        conn = await asyncpg.connect(self.dsn, server_settings={"application_name": "bi-reader"})
+        try:
+            async with conn.transaction():
+                self.pid = conn.get_server_pid()
+                await conn.fetchval(f"SELECT count(*) FROM {self.table}")
+                self.ready.set()
+                await asyncio.sleep(self.hold_s)
+        finally:
+            await conn.close()
+
+
+def started(thread: threading.Thread) -> threading.Thread:
+    thread.start()
+    return thread
+
+
+@pytest.mark.timeout(300)
+def test_a_publish_behind_a_long_reader_keeps_the_table_readable(pg_dsn: str, schema: str) -> None:
+    """A reader holds its transaction open for 60 s: a new day attaches at once, a reload
+    asks for its lock 2 s at a time and publishes when the reader ends; a probe reading
+    every second (3 s statement timeout) is never timed out."""
+    day2 = DAY + dt.timedelta(days=1)
+    first = neighbour.outcome(neighbour.start(dsn=pg_dsn, schema=schema, load_id="d1", n=2_000))
+    assert first["written"] == 2_000
+    table = neighbour.target(schema).sql_name
+    probe = Probe(pg_dsn, table)
+    probing = started(threading.Thread(target=probe.run, daemon=True))
+    reader = Reader(pg_dsn, table, hold_s=60)
+    reader.start()
+    assert reader.ready.wait(30)
+    held_from = time.monotonic()
+    try:
+        new_day = neighbour.outcome(
+            neighbour.start(dsn=pg_dsn, schema=schema, load_id="d2", n=2_000, day=day2.isoformat())
+        )
+        attached = time.monotonic()
+        reload = neighbour.start(dsn=pg_dsn, schema=schema, load_id="d1-again", n=3_000, tag="r")
+        reloaded = neighbour.outcome(reload, timeout=200)
+        published = time.monotonic()
+        reader.join(30)
+    finally:
+        probe.stop.set()
+        probing.join(30)
+    assert "error" not in new_day, new_day.get("message")
+    assert new_day["written"] == 2_000
+    assert attached - held_from < 30  # not behind the 60 s reader
+    assert "error" not in reloaded, reloaded.get("message")
+    assert reloaded["written"] == 3_000
+    assert published - held_from >= 59  # it waited the reader out, no longer
+    waits = [line for line in reloaded["stderr"].splitlines() if "publish waited" in line]
+    assert waits, reloaded["stderr"][-2000:]
+    assert (
+        f"held by pid {reader.pid} (application_name 'bi-reader', state idle in transaction"
+        in waits[0]
+    )
+    assert [read for read in probe.reads if read[2]] == []  # no probe ever timed out
+    assert max(d for _, d, _ in probe.during(held_from, attached)) < 1.0
+    slow = [d for _, d, _ in probe.during(attached, published) if d > 2.0 + 0.25]
+    assert len(slow) <= 1, slow
+    rows = asyncio.run(
+        fetch(pg_dsn, f"SELECT data_date, count(*) FROM {table} GROUP BY 1 ORDER BY 1")
+    )
+    assert [tuple(r) for r in rows] == [(DAY, 3_000), (day2, 2_000)]
+    STATS.update(
+        probes=len(probe.reads),
+        probe_max_s=max(d for _, d, _ in probe.reads),
+        probes_over_lock_timeout=len(slow),
+        attach_s=attached - held_from,
+        reload_waited_s=published - held_from,
+        waits_logged=len(waits),
+    )
+    print(f"\nreader-neighbour figures: {STATS}")
+
+
+STATS: dict[str, float] = {}
+
+
+def test_a_publish_whose_lock_budget_runs_out_behind_a_reader_fails_naming_it(
+    pg_dsn: str, schema: str
+) -> None:
+    """Budget spent behind a reader: the load fails naming the reader's pid and the fix;
+    nothing published, the last published rows untouched, the staged rows kept."""
+    first = neighbour.outcome(neighbour.start(dsn=pg_dsn, schema=schema, load_id="d1", n=500))
+    assert first["written"] == 500
+    table = neighbour.target(schema).sql_name
+    reader = Reader(pg_dsn, table, hold_s=30)
+    reader.start()
+    assert reader.ready.wait(30)
+    blocked = neighbour.outcome(
+        neighbour.start(
+            dsn=pg_dsn, schema=schema, load_id="d1-again", n=700, tag="r",
+            lock_timeout_s=1, lock_wait_budget_s=4,
+        )
+    )  # fmt: skip
+    assert blocked["error"] == "PublishBlockedError"
+    assert f"behind pid {reader.pid} (application_name 'bi-reader'" in blocked["message"]
+    assert "lock_wait_budget_s=4" in blocked["message"]
+    assert "Nothing was published" in blocked["message"]
+    assert load_status(pg_dsn, schema, "d1-again") == "failed"
+    rows = asyncio.run(fetch(pg_dsn, f"SELECT count(*), min(user_name) FROM {table}"))
+    assert tuple(rows[0]) == (500, "u0")
+    staged = asyncio.run(
+        fetch(
+            pg_dsn,
+            f"SELECT staging_table FROM {qualified(schema, 'partition_loads')} "
+            "WHERE load_id = 'd1-again'",
+        )
+    )[0][0]
+    kept = asyncio.run(fetch(pg_dsn, f"SELECT count(*) FROM {qualified(schema, staged)}"))
+    assert kept[0][0] == 700
