@@ -69,8 +69,10 @@ from etl_assets.postgres.publish import (
     TargetKind,
     audit,
     inspect_target,
+    lock_holders,
     refuse_default_partition_rows,
     refuse_unkeyed_referenced,
+    set_lock_timeout,
 )
 from etl_assets.postgres.retry import RetryPolicy, with_retries
 from etl_assets.postgres.schema_drift import add_missing_columns
@@ -135,9 +137,9 @@ class LoadSettings:
             raise ConfigurationError("max_dead_letter_ratio is a share between 0 and 1")
         if not 0.5 <= self.breaker_confidence < 1:
             raise ConfigurationError("breaker_confidence is a probability in [0.5, 1)")
-        if self.lease_ttl_s < 1 or self.lock_timeout_s <= 0 or self.lock_wait_budget_s < 0:
+        if self.lease_ttl_s <= 0 or self.lock_timeout_s <= 0 or self.lock_wait_budget_s < 0:
             raise ConfigurationError(
-                "lease_ttl_s must be >= 1 s, lock_timeout_s > 0 and lock_wait_budget_s >= 0"
+                "lease_ttl_s and lock_timeout_s must be > 0, lock_wait_budget_s >= 0"
             )
 
 
@@ -324,7 +326,7 @@ async def _locked_load(
     started = time.perf_counter()
     publisher = StagedPublisher(target, ledger, day, key.load_id)
     kind, types, plan, added = await _prepare(
-        pool, ledger, target, publisher, key, model, settings.retry, log
+        pool, ledger, target, publisher, key, model, settings, log
     )
     writer = BatchWriter(
         pool,
@@ -424,7 +426,7 @@ async def _prepare(
     publisher: StagedPublisher,
     key: LoadKey,
     model: type[pydantic.BaseModel] | None,
-    retry: RetryPolicy,
+    settings: LoadSettings,
     log: Log,
 ) -> tuple[TargetKind, dict[str, str], ConversionPlan, tuple[str, ...]]:
     """DDL (idempotent, serialized), dead loads of the partition cleaned up, and the
@@ -441,6 +443,9 @@ async def _prepare(
     Privileges: the target table's (ownership, for a partition swap) are asked first, so
     a load never writes a partition it may not publish; any other 42501 is explained
     with the GRANTs the load lacks (``etl_assets.postgres.privileges``).
+
+    Its DDL (``add_columns``' ALTER TABLE takes ACCESS EXCLUSIVE) asks for its locks
+    under ``lock_timeout_s``, like a publish, so it never queues the table's readers.
     """
     doing = f"load {target.sql_name}"
 
@@ -452,13 +457,17 @@ async def _prepare(
     ) -> tuple[TargetKind, dict[str, str], ConversionPlan, tuple[str, ...]]:
         await ledger.ensure(conn)
         await require(conn, doing, await missing_on_table(conn, table_use(target, "load")))
-        async with explained(conn, doing, needs):
-            return await prepare_locked(conn)
+        try:
+            async with explained(conn, doing, needs):
+                return await prepare_locked(conn)
+        except asyncpg.LockNotAvailableError as exc:  # rolled back: ask who holds the lock
+            raise _LockWait(await lock_holders(conn, target, "AccessExclusiveLock")) from exc
 
     async def prepare_locked(
         conn: asyncpg.Connection,
     ) -> tuple[TargetKind, dict[str, str], ConversionPlan, tuple[str, ...]]:
         async with conn.transaction():
+            await set_lock_timeout(conn, settings.lock_timeout_s)
             await conn.execute("SELECT pg_advisory_xact_lock($1)", DDL_LOCK)
             await create_schema_if_missing(conn, target.schema)
             await conn.execute(target.create_table_sql())
@@ -484,7 +493,10 @@ async def _prepare(
             await ledger.begin_load(conn, key, target.mode.value, publisher.staging_table)
             return kind, types, plan, added
 
-    kind, types, plan, added = await with_retries(pool, retry, prepare)
+    kind, types, plan, added = await _behind_readers(
+        key, target.name, settings, log, lambda: with_retries(pool, settings.retry, prepare),
+        doing="prepare",
+    )  # fmt: skip
     if added:
         log.warning(
             "%s: added column(s) %s to %s (on_schema_change='add_columns'); "
@@ -670,7 +682,7 @@ async def _finish(
     try:
         return await _behind_readers(
             key, publisher.target.name, settings, log,
-            lambda: with_retries(pool, settings.retry, finish),
+            lambda: with_retries(pool, settings.retry, finish), doing="publish",
         )  # fmt: skip
     except RecordError as exc:  # class 22/23 at publish: no record to isolate any more
         raise PublishRefusedError(
@@ -700,14 +712,16 @@ async def _behind_readers(
     settings: LoadSettings,
     log: Log,
     attempt: Callable[[], Awaitable[T]],
+    *,
+    doing: str,
 ) -> T:
-    """``attempt()`` again after each lock timeout, with backoff and jitter (readers run
-    meanwhile), until ``lock_wait_budget_s`` is spent; each wait logged with its holders.
+    """``attempt()`` (``doing``: its name) again after each lock timeout, with backoff
+    and jitter (readers run meanwhile), until ``lock_wait_budget_s`` is spent; each wait
+    logged with the sessions holding the lock.
 
     stamina bounds it by time alone: the budget is what a user reasons about.
     """
     started = time.monotonic()
-    last: _LockWait | None = None
     try:
         async for retry in stamina.retry_context(
             on=_LockWait, attempts=None, timeout=settings.lock_wait_budget_s,
@@ -717,29 +731,32 @@ async def _behind_readers(
                 try:
                     return await attempt()
                 except _LockWait as wait:
-                    last = wait
                     log.warning(
-                        "%s: publish waited %.1f s for its lock on %s (lock_timeout_s=%g), "
-                        "held by %s; asking again after a pause (%.0f s of "
-                        "lock_wait_budget_s=%g spent)",
-                        key, settings.lock_timeout_s, table, settings.lock_timeout_s,
-                        wait.named(), time.monotonic() - started, settings.lock_wait_budget_s,
+                        "%s: %s waited %.1f s for its lock on %s (lock_timeout_s), held by "
+                        "%s; asking again after a pause (%.0f s of lock_wait_budget_s=%g "
+                        "spent)",
+                        key, doing, settings.lock_timeout_s, table, wait.named(),
+                        time.monotonic() - started, settings.lock_wait_budget_s,
                     )  # fmt: skip
                     raise
-    except _LockWait:
-        pass
-    assert last is not None
-    raise PublishBlockedError(
-        f"{key}: could not publish: for {time.monotonic() - started:.0f} s "
-        f"(lock_wait_budget_s={settings.lock_wait_budget_s:g}) every request for the lock "
-        f"on {table} timed out after lock_timeout_s={settings.lock_timeout_s:g} behind "
-        f"{last.named()}. Nothing was published: the partition keeps its last published "
-        "rows, and this load's staged rows are kept (re-executing the failed run publishes "
-        "them without loading again). End or wait out those sessions (a long transaction "
-        "that read the table: SELECT pg_terminate_backend(pid) if it is stuck), or raise "
-        "lock_wait_budget_s",
-        sqlstate="55P03",
-    )
+    except _LockWait as exhausted:  # the budget is spent: the load fails, naming them
+        kept = (
+            "this load's staged rows are kept (re-executing the failed run publishes them "
+            "without loading again)"
+            if doing == "publish"
+            else "no row of this load was written yet"
+        )
+        raise PublishBlockedError(
+            f"{key}: could not {doing}: for {time.monotonic() - started:.0f} s "
+            f"(lock_wait_budget_s={settings.lock_wait_budget_s:g}) every request for the "
+            f"lock on {table} timed out after lock_timeout_s={settings.lock_timeout_s:g} "
+            f"behind {exhausted.named()}. Nothing was published: the partition keeps its "
+            f"last published rows, and {kept}. End or wait out those sessions (a long "
+            "transaction that read the table: SELECT pg_terminate_backend(pid) if it is "
+            "stuck), or raise lock_wait_budget_s",
+            sqlstate="55P03",
+        ) from exhausted
+    raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
 
 
 MARK_FAILED_BUDGET_S = 30.0

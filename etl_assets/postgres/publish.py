@@ -63,6 +63,8 @@ __all__ = [
     "TargetKind",
     "audit",
     "inspect_target",
+    "lock_holders",
+    "set_lock_timeout",
     "refuse_default_partition_rows",
     "refuse_unkeyed_referenced",
 ]
@@ -113,6 +115,37 @@ class Blocker:
             f"pid {self.pid} (application_name {self.application_name!r}, state "
             f"{self.state or '?'}, transaction open {age}, query started {started})"
         )
+
+
+async def lock_holders(conn: asyncpg.Connection, target: TableTarget, wanted: str) -> list[Blocker]:
+    """The sessions whose locks on the target (or its partitions) conflict with the mode
+    ``wanted``, oldest transaction first: asked right after a lock timeout, outside any
+    transaction, they are the sessions ``pg_blocking_pids`` named while it waited.
+    """
+    rows = await conn.fetch(
+        """SELECT DISTINCT a.pid, coalesce(a.application_name, '') AS application_name,
+                  a.state, extract(epoch FROM clock_timestamp() - a.xact_start)::float8
+                  AS age, a.query_start, a.xact_start
+           FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+           WHERE l.granted AND l.pid <> pg_backend_pid() AND l.mode = ANY($2::text[])
+             AND l.relation IN (SELECT $1::regclass UNION ALL
+                                SELECT inhrelid FROM pg_inherits
+                                WHERE inhparent = $1::regclass)
+           ORDER BY a.xact_start NULLS LAST, a.pid""",
+        target.sql_name,
+        sorted(_CONFLICTS[wanted]),
+    )
+    return [
+        Blocker(r["pid"], r["application_name"], r["state"], r["age"], r["query_start"])
+        for r in rows
+    ]
+
+
+async def set_lock_timeout(conn: asyncpg.Connection, lock_timeout_s: float) -> None:
+    """For the rest of the transaction: a lock request gives up after ``lock_timeout_s``."""
+    await conn.execute(
+        "SELECT set_config('lock_timeout', $1, true)", f"{round(lock_timeout_s * 1000)}ms"
+    )
 
 
 class TargetKind(enum.Enum):
@@ -322,9 +355,7 @@ class StagedPublisher:
         table offline for as long as the longest reader.
         """
         async with conn.transaction():
-            await conn.execute(
-                "SELECT set_config('lock_timeout', $1, true)", f"{round(lock_timeout_s * 1000)}ms"
-            )
+            await set_lock_timeout(conn, lock_timeout_s)
             await self.ledger.lock_partition_publish(conn, self.key)
             status = await self.ledger.lock_status(conn, self.key)
             if status is not None and status.finished:  # an earlier COMMIT went through
@@ -432,28 +463,8 @@ class StagedPublisher:
         return "AccessExclusiveLock" if old else "ShareUpdateExclusiveLock"
 
     async def blockers(self, conn: asyncpg.Connection, kind: TargetKind) -> list[Blocker]:
-        """The sessions whose locks on the target (or its partitions) conflict with the
-        publish's, oldest transaction first: asked right after a lock timeout, outside
-        any transaction, they are the sessions ``pg_blocking_pids`` named while it waited.
-        """
-        wanted = await self.strongest_lock(conn, kind)
-        rows = await conn.fetch(
-            """SELECT DISTINCT a.pid, coalesce(a.application_name, '') AS application_name,
-                      a.state, extract(epoch FROM clock_timestamp() - a.xact_start)::float8
-                      AS age, a.query_start, a.xact_start
-               FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-               WHERE l.granted AND l.pid <> pg_backend_pid() AND l.mode = ANY($2::text[])
-                 AND l.relation IN (SELECT $1::regclass UNION ALL
-                                    SELECT inhrelid FROM pg_inherits
-                                    WHERE inhparent = $1::regclass)
-               ORDER BY a.xact_start NULLS LAST, a.pid""",
-            self.target.sql_name,
-            sorted(_CONFLICTS[wanted]),
-        )
-        return [
-            Blocker(r["pid"], r["application_name"], r["state"], r["age"], r["query_start"])
-            for r in rows
-        ]
+        """Who holds what blocks the publish's strongest lock (see :func:`lock_holders`)."""
+        return await lock_holders(conn, self.target, await self.strongest_lock(conn, kind))
 
     async def _partitions_for_day(self, conn: asyncpg.Connection) -> list[str]:
         """Existing partitions whose bound is exactly this day (found by bound, not by name)."""
