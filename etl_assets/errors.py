@@ -5,8 +5,8 @@ and SQLSTATE (never by message text, which Postgres localizes). Three outcomes:
 
 * ``RetryableError``: transient (connection lost, server restarting, out of resources,
   serialization failure, statement timeout). The batch is retried, bounded.
-* ``RecordError``: the data of one or more records is unacceptable (SQLSTATE classes 22
-  and 23, or asyncpg failing to encode a value). Retrying cannot help; the batch is
+* ``RecordError``: the data of one or more records is unacceptable (SQLSTATE classes 22,
+  23 and 54, or asyncpg failing to encode a value). Retrying cannot help; the batch is
   bisected to find the bad rows, which are dead-lettered.
 * ``FatalError``: anything else. Unknown errors are fatal: silently retrying a bug or
   isolating a schema mismatch record by record would hide an outage.
@@ -33,6 +33,7 @@ __all__ = [
     "PublishRefusedError",
     "RecordError",
     "RetryableError",
+    "SchemaChangedError",
     "StatementTimeoutError",
     "UnencodableValueError",
     "classify",
@@ -51,7 +52,11 @@ _RETRYABLE_SQLSTATES = frozenset(
 # 57P04 database_dropped is in class 57 but will never heal by waiting.
 _FATAL_SQLSTATES = frozenset({"57P04"})
 # Data exceptions and integrity violations: caused by a record's values.
-_RECORD_SQLSTATE_CLASSES = frozenset({"22", "23"})
+# 22 data exception, 23 integrity violation, 54 program limit exceeded: a value the
+# server cannot store (54000: a jsonb string over 256 MB, a tsvector over 1 MB). The
+# batch is bisected, so only a row that fails alone is dead-lettered; a limit every row
+# hits (too many columns) dead-letters them all and trips the breaker: loud, not hidden.
+_RECORD_SQLSTATE_CLASSES = frozenset({"22", "23", "54"})
 # A pooler refuses a login with a SQLSTATE of its own: PgBouncer sends 08P01
 # (protocol_violation, class 08 = "retry") with one of these messages. They are the
 # pooler's fixed English texts (PgBouncer does not localize), so they are matched as
@@ -154,6 +159,10 @@ class PublishRefusedError(FatalError):
 
 class PublishBlockedError(FatalError):
     """A publish waited its whole lock budget behind other sessions; nothing published."""
+
+
+class SchemaChangedError(FatalError):
+    """The target changed while a load ran in a way its staged rows cannot follow."""
 
 
 class StatementTimeoutError(FatalError):

@@ -7,6 +7,7 @@ never allowed to crash the load, and never silently dropped.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import itertools
 import json
 import math
@@ -60,7 +61,9 @@ def payload_json(value: Any) -> str:
     ``"Infinity"``, ``"-Infinity"``; NUL becomes U+2400 (SYMBOL FOR NULL); text that is
     not valid Unicode (lone surrogates, e.g. from ``surrogateescape``) keeps its bad
     code points as ``\\udcxx`` escapes. Anything else JSON cannot express is kept as
-    its ``str``, and a value that cannot even be walked as ``{"repr": ...}``.
+    its ``str``, and a value that cannot even be walked as ``{"repr": ...}``. A payload
+    over ``MAX_PAYLOAD_CHARS`` of JSON (64 MiB) is kept as its labelled head
+    (``_oversized``): whatever its size, a letter can be stored.
     """
     if isinstance(value, pydantic.BaseModel):
         try:
@@ -68,9 +71,30 @@ def payload_json(value: Any) -> str:
         except pydantic_core.PydanticSerializationError:  # e.g. bytes that are not UTF-8
             value = value.model_dump(mode="python")
     try:
-        return json.dumps(_storable(value), default=_fallback, ensure_ascii=False)
+        text = json.dumps(_storable(value), default=_fallback, ensure_ascii=False)
     except (TypeError, ValueError, RecursionError):  # circular or exotic: keep its repr
-        return json.dumps({"repr": _storable(_safe_repr(value))}, ensure_ascii=False)
+        text = json.dumps({"repr": _storable(_safe_repr(value))}, ensure_ascii=False)
+    return text if len(text) <= MAX_PAYLOAD_CHARS else _oversized(text)
+
+
+# jsonb holds at most 256 MB, and a batch's letters travel in one statement (1 GB at
+# most): a payload above this is kept as a labelled head, its size and digest.
+MAX_PAYLOAD_CHARS = 64 << 20
+OVERSIZED_HEAD_CHARS = 1 << 20
+
+
+def _oversized(text: str) -> str:
+    """A payload too large to store whole: labelled, with its first MiB, size and sha256."""
+    encoded = text.encode("utf-8", "surrogatepass")
+    return json.dumps(
+        {
+            "oversized_payload": True,
+            "json_chars": len(text),
+            "sha256": hashlib.sha256(encoded).hexdigest(),
+            "head": text[:OVERSIZED_HEAD_CHARS],
+        },
+        ensure_ascii=False,
+    )
 
 
 NUL_SYMBOL = "\u2400"

@@ -1,15 +1,20 @@
-"""The paced read of a load's source: the same batches as before, and the loop runs meanwhile."""
+"""The read of a load's source: the same batches as before, and the loop runs meanwhile."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from etl_assets.batch_bytes import record_chunks
-from etl_assets.paced_source import SLICE, paced_chunks
+from etl_assets.paced_source import paced_chunks
+
+SLICE = 1_000
 
 
 def source(n: int, width: int = 1) -> Iterator[dict[str, Any]]:
@@ -42,36 +47,52 @@ def test_the_batches_are_record_chunks_own(
     assert sum(map(len, paced)) == n
 
 
-def test_the_event_loop_runs_while_a_batch_is_read() -> None:
-    """A writer's round trip (here a task that ticks) is not held back a whole batch."""
-    ticks_seen: list[int] = []
-    ticks = 0
+def test_the_event_loop_runs_while_the_source_blocks() -> None:
+    """A source that blocks (0.5 s in time.sleep) holds up no writer: a task on the loop
+    (here a ticker, as a writer's round trips) runs all the while."""
+    ticks: list[float] = []
 
-    def watched(n: int) -> Iterator[int]:
+    def blocking(n: int) -> Iterator[int]:
         for i in range(n):
-            if i % SLICE == 0:
-                ticks_seen.append(ticks)
+            if i == 150:
+                time.sleep(0.5)
             yield i
 
     async def ticker(stop: asyncio.Event) -> None:
-        nonlocal ticks
         while not stop.is_set():
-            ticks += 1
-            await asyncio.sleep(0)
+            ticks.append(time.monotonic())
+            await asyncio.sleep(0.01)
 
     async def scenario() -> list[int]:
         stop = asyncio.Event()
         task = asyncio.create_task(ticker(stop))
-        await asyncio.sleep(0)
-        sizes = [len(chunk) async for chunk in paced_chunks(watched(50_000), 25_000, 2**25)]
+        sizes = [len(chunk) async for chunk in paced_chunks(blocking(300), 100, 2**25)]
         stop.set()
         await task
         return sizes
 
-    assert asyncio.run(scenario()) == [25_000, 25_000]
-    # The second batch is read ahead slice by slice: the ticker ran between its slices.
-    second = ticks_seen[25_000 // SLICE + 1 :]
-    assert len(set(second)) == len(second), second
+    assert asyncio.run(scenario()) == [100, 100, 100]
+    gaps = [b - a for a, b in itertools.pairwise(ticks)]
+    assert len(ticks) > 30  # it ticked through the 0.5 s
+    assert max(gaps) < 0.2, max(gaps)
+
+
+def test_an_error_of_the_source_is_raised_by_the_load_and_ends_its_thread() -> None:
+    """The source's own exception, with its message, at the load's await; no thread left."""
+
+    def broken() -> Iterator[int]:
+        yield from range(150)
+        raise OSError("landing file vanished mid-read")
+
+    async def scenario() -> list[int]:
+        return [len(chunk) async for chunk in paced_chunks(broken(), 100, 2**25)]
+
+    with pytest.raises(OSError, match="landing file vanished mid-read"):
+        asyncio.run(scenario())
+    deadline = time.monotonic() + 5
+    while any(t.name == "etl-source" for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "the source's thread did not end"
+        time.sleep(0.01)
 
 
 def test_a_slow_source_is_never_read_past_the_next_batch() -> None:

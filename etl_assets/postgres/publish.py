@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from etl_assets.errors import ConfigurationError, LoadIntegrityError
+from etl_assets.errors import ConfigurationError, LoadIntegrityError, SchemaChangedError
 from etl_assets.postgres.ledger import Ledger, LoadKey, LoadStatus, PartitionTotals
 from etl_assets.postgres.schema_drift import refuse_drift
 from etl_assets.postgres.sql import (
@@ -146,6 +146,25 @@ async def set_lock_timeout(conn: asyncpg.Connection, lock_timeout_s: float) -> N
     await conn.execute(
         "SELECT set_config('lock_timeout', $1, true)", f"{round(lock_timeout_s * 1000)}ms"
     )
+
+
+def _column_change(row: asyncpg.Record) -> str | None:
+    """What staging needs for one column to match the table: ``ADD COLUMN ...`` (carried
+    over), a refusal that names the change, or None (they match)."""
+    name = quote_ident(row["attname"])
+    if row["type"] is None:
+        return f"column {name} ({row['staged_type']}) was dropped from the table"
+    if row["staged_type"] is not None:
+        if row["staged_type"] == row["type"]:
+            return None
+        return f"column {name} changed type from {row['staged_type']} to {row['type']}"
+    if row["derived"]:
+        return f"column {name} was added as a generated or identity column"
+    if row["attnotnull"] and row["default_expr"] is None:
+        return f"column {name} ({row['type']}) was added NOT NULL without a DEFAULT"
+    default = "" if row["default_expr"] is None else f" DEFAULT {row['default_expr']}"
+    required = " NOT NULL" if row["attnotnull"] else ""
+    return f"ADD COLUMN {name} {row['type']}{default}{required}"
 
 
 class TargetKind(enum.Enum):
@@ -445,6 +464,7 @@ class StagedPublisher:
             await conn.execute(
                 f"ALTER TABLE {staging} DROP CONSTRAINT IF EXISTS {quote_ident(deferrable[0])}"
             )
+        await self._reconcile_columns(conn)
         await conn.execute(f"ALTER TABLE {self.staging_sql} RENAME TO {quote_ident(name)}")
         await conn.execute(
             f"ALTER TABLE {parent} ATTACH PARTITION {qualified(self.target.schema, name)} "
@@ -465,6 +485,51 @@ class StagedPublisher:
     async def blockers(self, conn: asyncpg.Connection, kind: TargetKind) -> list[Blocker]:
         """Who holds what blocks the publish's strongest lock (see :func:`lock_holders`)."""
         return await lock_holders(conn, self.target, await self.strongest_lock(conn, kind))
+
+    async def _reconcile_columns(self, conn: asyncpg.Connection) -> None:
+        """Staging takes the columns the table gained while the load ran, or the publish is
+        refused naming the change.
+
+        Staging copied the table's columns at prepare. Another day's load with
+        ``add_columns`` (a model change deployed mid-backfill) or a DBA's ``ADD COLUMN``
+        adds one to the table meanwhile, and ATTACH would refuse the staged day (42804).
+        Such a column is added to staging as the table has it (type, default): the day's
+        rows read NULL there, or its default, as the older days' do. A change that cannot
+        be carried over this way (a required column without a default, a type changed, a
+        column dropped, a generated or identity column added) is refused by name.
+        """
+        rows = await conn.fetch(
+            """SELECT t.attname, format_type(t.atttypid, t.atttypmod) AS type, t.attnotnull,
+                      pg_get_expr(d.adbin, d.adrelid) AS default_expr,
+                      t.attgenerated <> '' OR t.attidentity <> '' AS derived,
+                      format_type(s.atttypid, s.atttypmod) AS staged_type
+               FROM pg_attribute t
+               LEFT JOIN pg_attrdef d ON d.adrelid = t.attrelid AND d.adnum = t.attnum
+               LEFT JOIN pg_attribute s ON s.attrelid = $2::regclass AND s.attname = t.attname
+                    AND s.attnum > 0 AND NOT s.attisdropped
+               WHERE t.attrelid = $1::regclass AND t.attnum > 0 AND NOT t.attisdropped
+               UNION ALL
+               SELECT s.attname, NULL, false, NULL, false, format_type(s.atttypid, s.atttypmod)
+               FROM pg_attribute s
+               WHERE s.attrelid = $2::regclass AND s.attnum > 0 AND NOT s.attisdropped
+                 AND NOT EXISTS (SELECT 1 FROM pg_attribute t WHERE t.attrelid = $1::regclass
+                                 AND t.attname = s.attname AND NOT t.attisdropped)""",
+            self.target.sql_name,
+            self.staging_sql,
+        )
+        changes = [change for row in rows if (change := _column_change(row)) is not None]
+        refused = [change for change in changes if not change.startswith("ADD COLUMN")]
+        if refused:
+            raise SchemaChangedError(
+                f"{self.key}: {self.target.name} changed while this load ran, in a way its "
+                f"staged rows cannot follow: {'; '.join(refused)}. Nothing was published: "
+                "the partition keeps its last published rows and this load's staged rows "
+                "are kept. Make the change carry over (a new column nullable or with a "
+                "DEFAULT), then re-execute the failed run to publish them, or load the day "
+                "again for the new layout"
+            )
+        for change in changes:
+            await conn.execute(f"ALTER TABLE {self.staging_sql} {change}")
 
     async def _partitions_for_day(self, conn: asyncpg.Connection) -> list[str]:
         """Existing partitions whose bound is exactly this day (found by bound, not by name)."""

@@ -9,8 +9,10 @@ import json
 from typing import Any
 
 import pydantic
+import pytest
 
-from etl_assets.postgres.target import TableTarget
+from etl_assets.postgres.target import Column, TableTarget
+from etl_assets.records import MAX_PAYLOAD_CHARS, OVERSIZED_HEAD_CHARS, payload_json
 from etl_assets.spec import PostgresTable
 from etl_assets_tests.postgres.helpers import dead_letters, ledger_sums, load
 
@@ -93,3 +95,43 @@ def test_every_kind_of_value_is_storable_as_a_dead_letter(pg_dsn: str, schema: s
         assert (await ledger_sums(pg_dsn, schema, "run-1"))[1:] == (21, 20, 1)
 
     asyncio.run(scenario())
+
+
+@pytest.mark.slow
+def test_a_value_the_server_cannot_store_is_one_dead_letter(pg_dsn: str, schema: str) -> None:
+    """A 270 MB string into jsonb (54000, over jsonb's 256 MB limit) is one dead letter with
+    a labelled head of its payload; the other 99 records are loaded."""
+    target = TableTarget(
+        schema=schema,
+        table="docs",
+        columns=(Column("id", "bigint", nullable=False), Column("doc", "jsonb")),
+        primary_key=("data_date", "id"),
+    )
+    rows: list[dict[str, Any]] = [{"id": i, "doc": {"k": i}} for i in range(100)]
+    rows[70]["doc"] = {"big": "x" * (270 << 20)}
+
+    async def scenario() -> None:
+        report = await load(pg_dsn, target, rows)
+        assert (report.enqueued, report.written, report.dead_lettered) == (100, 99, 1)
+        [letter] = await dead_letters(pg_dsn, schema)
+        assert (letter["record_no"], letter["sqlstate"]) == (70, "54000")
+        assert letter["error_class"] == "ProgramLimitExceededError"
+        payload = json.loads(letter["payload"])
+        assert payload["oversized_payload"] is True
+        assert (270 << 20) < payload["json_chars"] < (270 << 20) + 100
+        assert len(payload["sha256"]) == 64
+        head = payload["head"]
+        assert len(head) == OVERSIZED_HEAD_CHARS
+        assert head.startswith('{"id": 70, "doc": ')  # the value as it was sent: jsonb text
+
+    asyncio.run(scenario())
+
+
+def test_a_payload_over_the_limit_is_kept_as_a_labelled_head() -> None:
+    """At the limit the payload is whole; one character over, it is the labelled head."""
+    fits = {"t": "y" * (MAX_PAYLOAD_CHARS - len('{"t": ""}'))}
+    assert json.loads(payload_json(fits)) == fits
+    over = {"t": "y" * (MAX_PAYLOAD_CHARS - len('{"t": ""}') + 1)}
+    kept = json.loads(payload_json(over))
+    assert set(kept) == {"oversized_payload", "json_chars", "sha256", "head"}
+    assert (kept["json_chars"], len(kept["head"])) == (MAX_PAYLOAD_CHARS + 1, OVERSIZED_HEAD_CHARS)

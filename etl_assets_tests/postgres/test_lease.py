@@ -146,10 +146,12 @@ def test_a_load_whose_lease_was_taken_over_fails_and_publishes_nothing(
                  lease_ttl_s=0.4)
         )  # fmt: skip
     assert str(caught.value) == (
-        f"{events_target(schema).name} partition {DAY}: load 'run-1' lost its lease: it was "
-        "not renewed for 0.4 s (the server unreachable, or the event loop blocked that long "
-        "by the source), so a cleanup or another load of the partition took it over as dead. "
-        "Nothing of this load was published; run it again"
+        f"{events_target(schema).name} partition {DAY}: load 'run-1' lost its lease: no "
+        "renewal reached the server for lease_ttl_s=0.4 s (the server unreachable that long, "
+        "or this process stalled), so a cleanup or another load of the partition took it "
+        "over as dead. Nothing of this load was published; run it again (or raise "
+        "lease_ttl_s on ResilientPostgresIOManager, the Component's load_settings or "
+        "LoadSettings, if the server is often unreachable that long)"
     )
     assert load_state(pg_dsn, schema) == {"run-1": ("failed", True)}
     audit = asyncio.run(partition_audit(pg_dsn, events_target(schema), DAY, schema))

@@ -12,11 +12,15 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from etl_assets.postgres.housekeeping import cleanup
 from etl_assets.postgres.ledger import Ledger, LoadKey
+from etl_assets.postgres.resource import PostgresResource
+from etl_assets.postgres.retry import RetryPolicy
 from etl_assets.postgres.sql import qualified
 from etl_assets_tests.postgres import neighbour
 from etl_assets_tests.postgres.helpers import DAY, fetch, partition_audit
 
+STATS: dict[str, float] = {}  # the figures of the neighbour tests, printed with -s
 BAD = [3, 17, 42, 61, 99]  # all in the first batch of 100: committed while the load runs
 
 
@@ -277,9 +281,6 @@ def test_a_publish_behind_a_long_reader_keeps_the_table_readable(pg_dsn: str, sc
     print(f"\nreader-neighbour figures: {STATS}")
 
 
-STATS: dict[str, float] = {}
-
-
 def test_a_publish_whose_lock_budget_runs_out_behind_a_reader_fails_naming_it(
     pg_dsn: str, schema: str
 ) -> None:
@@ -313,3 +314,64 @@ def test_a_publish_whose_lock_budget_runs_out_behind_a_reader_fails_naming_it(
     )[0][0]
     kept = asyncio.run(fetch(pg_dsn, f"SELECT count(*) FROM {qualified(schema, staged)}"))
     assert kept[0][0] == 700
+
+
+def cleanup_abandons(dsn: str, schema: str) -> list[str]:
+    """A routine ``etl-assets-dead-letters cleanup``: the loads it took as dead."""
+
+    async def clean() -> list[str]:
+        async with PostgresResource(dsn=dsn).pool() as pool:
+            report = await cleanup(pool, Ledger(schema), RetryPolicy())
+        return [load.key.load_id for load in report.abandoned]
+
+    return asyncio.run(clean())
+
+
+@pytest.mark.timeout(480)
+def test_slow_sources_keep_their_leases_while_cleanup_runs_every_10_s(
+    pg_dsn: str, bouncer_transaction: str, schema: str
+) -> None:
+    """A source pausing 1 s per 100 records for over 3 minutes (direct), and one pausing
+    150 s at once (transaction PgBouncer), with a cleanup every 10 s and a second load of
+    the pausing day meanwhile: nothing is abandoned, all three publish exactly."""
+    day2 = (DAY + dt.timedelta(days=1)).isoformat()
+    steady = neighbour.start(
+        dsn=pg_dsn, schema=schema, load_id="steady", n=18_500, pause_every=100, pause_s=1.0
+    )
+    sleeper = neighbour.start(
+        dsn=bouncer_transaction, schema=schema, load_id="sleeper", day=day2, n=1_000,
+        pause_at=500, pause_s=150.0,
+    )  # fmt: skip
+    began = time.monotonic()
+    abandoned: list[str] = []
+    second: dict[str, object] = {}
+    try:
+        while steady.poll() is None or sleeper.poll() is None:
+            assert time.monotonic() - began < 420, "the slow loads did not end in 7 minutes"
+            abandoned += cleanup_abandons(pg_dsn, schema)
+            if not second and time.monotonic() - began > 30:  # inside the sleeper's pause
+                assert load_status(pg_dsn, schema, "sleeper") == "loading"
+                second = neighbour.outcome(
+                    neighbour.start(dsn=pg_dsn, schema=schema, load_id="second", day=day2, n=300)
+                )
+            time.sleep(10)
+        steady_done, sleeper_done = neighbour.outcome(steady), neighbour.outcome(sleeper)
+    finally:
+        steady.kill()
+        sleeper.kill()
+    elapsed = time.monotonic() - began
+    assert abandoned == []
+    assert "error" not in steady_done, steady_done.get("message")
+    assert "error" not in sleeper_done, sleeper_done.get("message")
+    assert (second.get("error"), second.get("written")) == (None, 300)
+    assert (steady_done["written"], sleeper_done["written"]) == (18_500, 1_000)
+    assert steady_done["elapsed_s"] > 180  # it really was slow for over 3 minutes
+    target = neighbour.target(schema)
+    for day, load_id, rows in (
+        (DAY, "steady", 18_500),
+        (dt.date.fromisoformat(day2), "sleeper", 1_000),
+    ):
+        audit = asyncio.run(partition_audit(pg_dsn, target, day, schema))
+        assert (audit.problems, audit.load_id, audit.in_table) == ((), load_id, rows)
+    STATS.update(slow_wall_s=elapsed, steady_elapsed_s=steady_done["elapsed_s"])
+    print(f"\nslow-source figures: {STATS}")
