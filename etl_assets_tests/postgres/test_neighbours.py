@@ -17,8 +17,9 @@ from etl_assets.postgres.ledger import Ledger, LoadKey
 from etl_assets.postgres.resource import PostgresResource
 from etl_assets.postgres.retry import RetryPolicy
 from etl_assets.postgres.sql import qualified
+from etl_assets.postgres.target import SchemaChange, columns_from_model
 from etl_assets_tests.postgres import neighbour
-from etl_assets_tests.postgres.helpers import DAY, fetch, partition_audit
+from etl_assets_tests.postgres.helpers import DAY, Event, fetch, load, partition_audit
 
 STATS: dict[str, float] = {}  # the figures of the neighbour tests, printed with -s
 BAD = [3, 17, 42, 61, 99]  # all in the first batch of 100: committed while the load runs
@@ -375,3 +376,88 @@ def test_slow_sources_keep_their_leases_while_cleanup_runs_every_10_s(
         assert (audit.problems, audit.load_id, audit.in_table) == ((), load_id, rows)
     STATS.update(slow_wall_s=elapsed, steady_elapsed_s=steady_done["elapsed_s"])
     print(f"\nslow-source figures: {STATS}")
+
+
+class EventPlus(Event):
+    """The model of a change deployed mid-backfill: one more field."""
+
+    extra4: str | None = None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_a_running_load_publishes_after_another_load_and_a_dba_add_columns(
+    pg_dsn: str, schema: str, tmp_path: Path
+) -> None:
+    """A 1M-row replace load runs while another day's load adds ``extra4`` (add_columns)
+    and a DBA adds a nullable column and one with a DEFAULT: it publishes every row, the
+    new columns NULL (or the default) for its day, and both days' checks pass."""
+    gate = tmp_path / "go"
+    big = neighbour.start(
+        dsn=pg_dsn, schema=schema, load_id="big", n=1_000_000, bad=[3], batch_size=25_000,
+        gate=str(gate), gate_after=200_000,
+    )  # fmt: skip
+    try:
+        wait_for_letters(pg_dsn, schema, "big", 1)
+        table = neighbour.target(schema)
+        plus = dataclasses.replace(
+            table, columns=columns_from_model(EventPlus), on_schema_change=SchemaChange.ADD_COLUMNS
+        )
+        day2 = DAY + dt.timedelta(days=1)
+        rows = [
+            EventPlus(event_id=i, user_name=f"n{i}", amount=i, extra4=f"e{i}") for i in range(500)
+        ]
+        other = asyncio.run(load(pg_dsn, plus, rows, load_id="other", day=day2, model=EventPlus))
+        assert (other.written, other.columns_added) == (500, ("extra4",))
+        asyncio.run(
+            fetch(
+                pg_dsn,
+                f"ALTER TABLE {table.sql_name} ADD COLUMN dba_note text, "
+                "ADD COLUMN dba_flag boolean NOT NULL DEFAULT false",
+            )
+        )
+        assert load_status(pg_dsn, schema, "big") == "loading"
+        gate.touch()
+        done = neighbour.outcome(big, timeout=300)
+    finally:
+        big.kill()
+    assert "error" not in done, done.get("message")
+    assert (done["written"], done["dead_lettered"]) == (999_999, 1)
+    counts = asyncio.run(
+        fetch(
+            pg_dsn,
+            f"SELECT data_date, count(*), count(extra4), count(dba_note), "
+            f"count(*) FILTER (WHERE NOT dba_flag) FROM {table.sql_name} GROUP BY 1 ORDER BY 1",
+        )
+    )
+    assert [tuple(r) for r in counts] == [(DAY, 999_999, 0, 0, 999_999), (day2, 500, 500, 0, 500)]
+    for day, load_id in ((DAY, "big"), (day2, "other")):
+        audit = asyncio.run(partition_audit(pg_dsn, table, day, schema))
+        assert (audit.problems, audit.load_id) == ((), load_id)
+
+
+def test_a_concurrent_change_staging_cannot_follow_is_refused_by_name(
+    pg_dsn: str, schema: str, tmp_path: Path
+) -> None:
+    """A NOT NULL column without a DEFAULT added while a load runs: the publish is refused
+    naming it and the fix, nothing published, the staged rows kept."""
+    gate = tmp_path / "go"
+    running = neighbour.start(
+        dsn=pg_dsn, schema=schema, load_id="run", n=600, bad=[3], gate=str(gate), gate_after=100
+    )
+    try:
+        wait_for_letters(pg_dsn, schema, "run", 1)
+        table = neighbour.target(schema).sql_name
+        asyncio.run(fetch(pg_dsn, f"ALTER TABLE {table} ADD COLUMN must integer NOT NULL"))
+        gate.touch()
+        done = neighbour.outcome(running)
+    finally:
+        running.kill()
+    assert done["error"] == "SchemaChangedError"
+    assert (
+        f"{neighbour.target(schema).name} changed while this load ran, in a way its staged "
+        'rows cannot follow: column "must" (integer) was added NOT NULL without a DEFAULT. '
+        "Nothing was published"
+    ) in done["message"]
+    assert load_status(pg_dsn, schema, "run") == "failed"
+    assert asyncio.run(fetch(pg_dsn, f"SELECT count(*) FROM {table}"))[0][0] == 0
