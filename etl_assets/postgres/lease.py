@@ -96,11 +96,24 @@ async def load_lease(
 
 def connect_like(pool: asyncpg.Pool) -> Connect:
     """A new connection with the pool's own connect arguments (DSN, timeouts, statement
-    cache, application_name), outside the pool: the lease's thread has its own loop, and
-    a pooled connection belongs to the load's. asyncpg keeps them as ``_connect_args`` and
-    ``_connect_kwargs`` (what its public ``Pool.set_connect_args`` sets)."""
-    args, kwargs = list(pool._connect_args), dict(pool._connect_kwargs)
-    return lambda: asyncpg.connect(*args, **kwargs)
+    cache, application_name) and first statement, outside the pool: the lease's thread has
+    its own loop, and a pooled connection belongs to the load's. ``PostgresResource``
+    keeps one connection of ``max_pool_size`` out of its pool for it. asyncpg keeps them
+    as ``_connect_args``, ``_connect_kwargs`` (what its public ``Pool.set_connect_args``
+    sets) and ``_init``."""
+    args, kwargs, init = list(pool._connect_args), dict(pool._connect_kwargs), pool._init
+
+    async def connect() -> asyncpg.Connection:
+        conn = await asyncpg.connect(*args, **kwargs)
+        if init is not None:
+            try:
+                await init(conn)  # behind a pooler: bounded, like every pooled connection
+            except BaseException:
+                conn.terminate()
+                raise
+        return conn
+
+    return connect
 
 
 class _LeaseThread:

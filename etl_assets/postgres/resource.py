@@ -165,7 +165,10 @@ class PostgresResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     )
     min_pool_size: int = Field(default=1, ge=0, description="Connections kept open per step.")
     max_pool_size: int = Field(
-        default=4, ge=1, description="Upper bound of connections per step (writers + 1)."
+        default=4,
+        ge=1,
+        description="Upper bound of connections per step: a pool of max_pool_size - 1 "
+        "(writers, prepare, publish) plus a load's lease, on a connection of its own.",
     )
     connect_timeout_s: float = Field(default=10.0, gt=0, description="Per connection attempt.")
     connect_attempts: int = Field(
@@ -283,10 +286,12 @@ class PostgresResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             "command_timeout": self.command_timeout_s,
             "server_settings": {"application_name": APPLICATION_NAME},
         }
+        pooled = max(1, self.max_pool_size - 1)  # the last one is a load's lease's
         options: dict[str, Any] = {
             **connect,
-            "min_size": self.min_pool_size,
-            "max_size": self.max_pool_size,
+            "min_size": min(self.min_pool_size, pooled),
+            "max_size": pooled,
+            "server_budget": self.max_pool_size,
             **overrides,
         }
         attempts = 0
@@ -341,7 +346,8 @@ async def _detect(dsn: str, connect: dict[str, Any]) -> Pooling:
 
 
 async def _create_pool(dsn: str, options: dict[str, Any], pooling: Pooling) -> asyncpg.Pool:
-    claimed = ServerClaims(pooling, int(options["max_size"]), options.pop("server_wait_s"))
+    budget = int(options.pop("server_budget", options["max_size"]))
+    claimed = ServerClaims(pooling, budget, options.pop("server_wait_s"))
     with _connect_errors(dsn):
         return await asyncpg.create_pool(dsn, init=claimed.first_statement, **options)
 
