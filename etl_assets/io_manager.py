@@ -186,7 +186,14 @@ class ResilientPostgresIOManager(dg.ConfigurableIOManager):
         "before the load fails naming them (nothing published, staged rows kept).",
     )
 
-    def settings(self, spec: PostgresTable) -> LoadSettings:
+    def settings(
+        self, spec: PostgresTable, metadata: Mapping[str, Any] | None = None
+    ) -> LoadSettings:
+        """The load settings of one asset: this IO manager's, with the asset's own
+        (``spec``, and ``LOAD_SETTING_KEYS`` in its definition ``metadata``) in place."""
+        return _per_asset(self._settings(spec), metadata or {})
+
+    def _settings(self, spec: PostgresTable) -> LoadSettings:
         return LoadSettings(
             batch_size=spec.batch_size or self.batch_size,
             batch_bytes=self.batch_bytes,
@@ -219,7 +226,7 @@ class ResilientPostgresIOManager(dg.ConfigurableIOManager):
         spec = PostgresTable.from_metadata(context.definition_metadata, owner)
         partitions = _partitions(context, obj, owner, spec.partition_column)
         run = _RunLineage.of(context)
-        settings = _per_asset(self.settings(spec), context.definition_metadata)
+        settings = self.settings(spec, context.definition_metadata)
         outcomes = PartitionOutcomes()
 
         async def load_all(pool: asyncpg.Pool) -> None:

@@ -16,7 +16,9 @@ from dagster.components.testing import DefsFolderSandbox, create_defs_folder_san
 from etl_assets import PostgresLoadComponent
 from etl_assets.errors import ConfigurationError
 from etl_assets.example import definitions
+from etl_assets.io_manager import ResilientPostgresIOManager
 from etl_assets.postgres.resource import PostgresResource
+from etl_assets.spec import PostgresTable
 from etl_assets_tests.postgres.helpers import fetch
 
 DAYS = ["2024-01-01", "2024-01-02", "2024-01-03"]
@@ -132,6 +134,30 @@ def test_asset_attributes_and_translation_reach_the_asset(sandbox: DefsFolderSan
     assert spec.automation_condition == dg.AutomationCondition.eager()
     assert spec.kinds == {"postgres"}
     assert orders.metadata_by_key[orders.key]["etl_assets/key_digest"] is False
+
+
+def test_load_settings_of_the_lease_and_the_publish_lock_reach_the_io_manager(
+    sandbox: DefsFolderSandbox,
+) -> None:
+    """lease_ttl_s, lock_timeout_s and lock_wait_budget_s in YAML: the asset's own settings."""
+    defs_path = scaffold_orders(sandbox)
+    edit_yaml(
+        defs_path,
+        "load_settings",
+        {"lease_ttl_s": 300, "lock_timeout_s": 5, "lock_wait_budget_s": 60},
+    )
+    with sandbox.load_component_and_build_defs(defs_path=defs_path) as (_, defs):
+        orders = defs.resolve_assets_def("orders")
+    metadata = orders.metadata_by_key[orders.key]
+    io_manager = ResilientPostgresIOManager(postgres=PostgresResource(), lock_timeout_s=3)
+    settings = io_manager.settings(PostgresTable.from_metadata(metadata, "orders"), metadata)
+    assert (settings.lease_ttl_s, settings.lock_timeout_s, settings.lock_wait_budget_s) == (
+        300.0, 5.0, 60.0,
+    )  # fmt: skip
+    plain = io_manager.settings(PostgresTable.from_metadata(metadata, "orders"))
+    assert (plain.lease_ttl_s, plain.lock_timeout_s, plain.lock_wait_budget_s) == (
+        120.0, 3.0, 300.0,
+    )  # fmt: skip
 
 
 def test_scaffolded_load_materializes_three_partitions(
@@ -300,6 +326,12 @@ def read(day):
             ".source.reed",
             "attributes.source: module {module}.source has no 'reed'; define reed in",
             id="source-does-not-import",
+        ),
+        pytest.param(
+            "load_settings",
+            {"lease_ttl_s": 0.5},
+            "attributes.load_settings.lease_ttl_s: 0.5 is below 1; e.g. 120",
+            id="lease-too-short",
         ),
         pytest.param(
             "partitions.type",
