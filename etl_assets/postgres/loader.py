@@ -77,7 +77,14 @@ from etl_assets.postgres.publish import (
 from etl_assets.postgres.retry import RetryPolicy, with_retries
 from etl_assets.postgres.schema_drift import add_missing_columns
 from etl_assets.postgres.target import TableTarget, WriteMode
-from etl_assets.postgres.writer import BatchResult, BatchWriter, Log, PreparedBatch, batch_digest
+from etl_assets.postgres.writer import (
+    BatchResult,
+    BatchWriter,
+    Log,
+    PreparedBatch,
+    batch_digest,
+    refuse_unencodable_columns,
+)
 from etl_assets.records import (
     DeadLetter,
     RecordShaper,
@@ -488,6 +495,9 @@ async def _prepare(
             ):  # fmt: skip
                 log.warning("%s: abandoned dead load %r (%s)", key, dead.key.load_id, dead.status)
             await publisher.prepare(conn)
+            await refuse_unencodable_columns(
+                conn, publisher.staging, target.data_columns, target.name
+            )
             types = await column_types(conn, *publisher.staging)
             plan = conversion_plan(model, types, target.data_columns, target.sql_name)
             await ledger.begin_load(conn, key, target.mode.value, publisher.staging_table)

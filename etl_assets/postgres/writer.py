@@ -24,10 +24,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import asyncpg
+from asyncpg.exceptions import _base as pgbase
 
 from etl_assets.errors import (
     ENCODE_ERRORS,
     CircuitBreakerOpenError,
+    ConfigurationError,
     FatalError,
     LoadIntegrityError,
     RecordError,
@@ -39,11 +41,19 @@ from etl_assets.postgres.conversions import invalid_text
 from etl_assets.postgres.key_digest import KeyCells, KeyDigester, refused_rows
 from etl_assets.postgres.ledger import BatchLedgerRow, Ledger, LoadKey
 from etl_assets.postgres.retry import DRIVER_ERRORS, RetryPolicy, call_with_retries, connection
-from etl_assets.postgres.sql import quote_ident, upsert_statement
+from etl_assets.postgres.sql import qualified, quote_ident, upsert_statement
 from etl_assets.postgres.target import TableTarget
 from etl_assets.records import DeadLetter, no_nul, payload_json
 
-__all__ = ["BatchResult", "BatchWriter", "LetterSink", "Log", "PreparedBatch", "batch_digest"]
+__all__ = [
+    "BatchResult",
+    "BatchWriter",
+    "LetterSink",
+    "Log",
+    "PreparedBatch",
+    "batch_digest",
+    "refuse_unencodable_columns",
+]
 
 Row = tuple[Any, ...]
 
@@ -445,3 +455,42 @@ class _PoisonBudget:
                 "one batch were rejected by Postgres; that looks systemic (schema or server), "
                 "not a few bad records. Nothing of this batch was committed."
             )
+
+
+async def refuse_unencodable_columns(
+    conn: asyncpg.Connection, destination: tuple[str, str], columns: Sequence[str], table: str
+) -> None:
+    """Refuse at prepare a column asyncpg cannot send in binary COPY (``tsvector``).
+
+    A COPY of no rows makes asyncpg look up every column's binary encoder; without one it
+    raises ``InternalClientError``, which mid-load reads as a broken connection and is
+    retried for nothing. Found here, each such column is named, with the fix.
+    """
+    schema, name = destination
+
+    async def copies(cols: Sequence[str]) -> bool:
+        try:
+            async with conn.transaction():  # a savepoint: a failed probe aborts only itself
+                await conn.copy_records_to_table(name, schema_name=schema, records=[], columns=cols)
+        except pgbase.InternalClientError:
+            return False
+        return True
+
+    if not columns or await copies(columns):
+        return
+    unsendable = [column for column in columns if not await copies([column])]
+    if not unsendable:  # not a column's encoder: the connection itself (classified later)
+        return
+    types = await conn.fetch(
+        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+        "WHERE attrelid = $1::regclass AND attname = ANY($2::text[]) ORDER BY attnum",
+        qualified(schema, name),
+        unsendable,
+    )
+    named = ", ".join(f"{quote_ident(r[0])} ({r[1]})" for r in types)
+    raise ConfigurationError(
+        f"target {table}: column(s) {named} cannot be loaded: asyncpg has no binary COPY "
+        "encoder for the type, so no row could be written. Load the value into a text "
+        "column instead (and derive the typed one in the table, e.g. GENERATED ALWAYS AS "
+        "(to_tsvector('simple', body)) STORED)"
+    )

@@ -358,3 +358,23 @@ def test_a_str_in_a_date_column_without_a_model_is_a_dead_letter(pg_dsn: str, sc
         assert await stored(pg_dsn, target) == [day, None]
 
     asyncio.run(scenario())
+
+
+def test_a_column_asyncpg_cannot_send_is_refused_at_prepare(pg_dsn: str, schema: str) -> None:
+    """A tsvector column (no binary COPY encoder in asyncpg) is named at prepare, with the
+    fix, instead of every batch being retried as a broken connection; no batch written."""
+    target = TableTarget(
+        schema=schema,
+        table="docs",
+        columns=(Column("id", "bigint", nullable=False), Column("words", "tsvector")),
+        primary_key=("data_date", "id"),
+    )
+    rows = [{"id": i, "words": "a b"} for i in range(10)]
+    with pytest.raises(ConfigurationError) as refused:
+        asyncio.run(load(pg_dsn, target, rows))
+    assert str(refused.value).startswith(
+        f'target {target.name}: column(s) "words" (tsvector) cannot be loaded: asyncpg has '
+        "no binary COPY encoder for the type, so no row could be written."
+    )
+    ledger = asyncio.run(fetch(pg_dsn, f"SELECT count(*) FROM {qualified(schema, 'load_ledger')}"))
+    assert ledger[0][0] == 0
