@@ -387,10 +387,12 @@ class Ledger(LedgerLayout):
         outcome after it committed.
         """
         await conn.execute(
-            "SELECT pg_advisory_xact_lock($1, hashtext($2))",
-            PUBLISH_LOCK_CLASS,
-            "\x1f".join((self.schema, key.target, key.partition_key)),
+            "SELECT pg_advisory_xact_lock($1, hashtext($2))", *self.publish_lock(key)
         )
+
+    def publish_lock(self, key: LoadKey) -> tuple[int, str]:
+        """The partition's publish lock: its class and the name hashed into its key."""
+        return PUBLISH_LOCK_CLASS, "\x1f".join((self.schema, key.target, key.partition_key))
 
     async def own_letter_statuses(self, conn: asyncpg.Connection, key: LoadKey) -> dict[str, int]:
         """The load's own letters by status (a retention's deleted ones by their tally).

@@ -117,23 +117,37 @@ class Blocker:
         )
 
 
-async def lock_holders(conn: asyncpg.Connection, target: TableTarget, wanted: str) -> list[Blocker]:
+async def lock_holders(
+    conn: asyncpg.Connection,
+    target: TableTarget,
+    wanted: str,
+    advisory: tuple[int, str] | None = None,
+) -> list[Blocker]:
     """The sessions whose locks on the target (or its partitions) conflict with the mode
-    ``wanted``, oldest transaction first: asked right after a lock timeout, outside any
-    transaction, they are the sessions ``pg_blocking_pids`` named while it waited.
+    ``wanted``, and those holding the ``advisory`` lock (class, hashed name: another
+    publish of the partition), oldest transaction first. Asked right after a lock
+    timeout, outside any transaction, they are the sessions ``pg_blocking_pids`` named
+    while it waited.
     """
+    lock_class, lock_name = advisory if advisory is not None else (None, None)
     rows = await conn.fetch(
         """SELECT DISTINCT a.pid, coalesce(a.application_name, '') AS application_name,
                   a.state, extract(epoch FROM clock_timestamp() - a.xact_start)::float8
                   AS age, a.query_start, a.xact_start
            FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-           WHERE l.granted AND l.pid <> pg_backend_pid() AND l.mode = ANY($2::text[])
-             AND l.relation IN (SELECT $1::regclass UNION ALL
-                                SELECT inhrelid FROM pg_inherits
-                                WHERE inhparent = $1::regclass)
+           WHERE l.granted AND l.pid <> pg_backend_pid()
+             AND ((l.mode = ANY($2::text[])
+                   AND l.relation IN (SELECT $1::regclass UNION ALL
+                                      SELECT inhrelid FROM pg_inherits
+                                      WHERE inhparent = $1::regclass))
+                  OR (l.locktype = 'advisory' AND l.objsubid = 2
+                      AND l.classid::bigint = $3::bigint
+                      AND l.objid::bigint = (hashtext($4::text)::bigint & 4294967295)))
            ORDER BY a.xact_start NULLS LAST, a.pid""",
         target.sql_name,
         sorted(_CONFLICTS[wanted]),
+        lock_class,
+        lock_name,
     )
     return [
         Blocker(r["pid"], r["application_name"], r["state"], r["age"], r["query_start"])
@@ -484,7 +498,9 @@ class StagedPublisher:
 
     async def blockers(self, conn: asyncpg.Connection, kind: TargetKind) -> list[Blocker]:
         """Who holds what blocks the publish's strongest lock (see :func:`lock_holders`)."""
-        return await lock_holders(conn, self.target, await self.strongest_lock(conn, kind))
+        wanted = await self.strongest_lock(conn, kind)
+        advisory = self.ledger.publish_lock(self.key)
+        return await lock_holders(conn, self.target, wanted, advisory)
 
     async def _reconcile_columns(self, conn: asyncpg.Connection) -> None:
         """Staging takes the columns the table gained while the load ran, or the publish is

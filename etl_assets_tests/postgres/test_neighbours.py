@@ -8,6 +8,7 @@ import datetime as dt
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -461,3 +462,34 @@ def test_a_concurrent_change_staging_cannot_follow_is_refused_by_name(
     ) in done["message"]
     assert load_status(pg_dsn, schema, "run") == "failed"
     assert asyncio.run(fetch(pg_dsn, f"SELECT count(*) FROM {table}"))[0][0] == 0
+
+
+def test_a_publish_behind_another_publish_of_the_partition_names_it(
+    pg_dsn: str, schema: str
+) -> None:
+    """A publish that cannot get the partition's publish lock (another publish of the day
+    still running) names the session holding it when its budget runs out."""
+    first = neighbour.outcome(neighbour.start(dsn=pg_dsn, schema=schema, load_id="d1", n=200))
+    assert first["written"] == 200
+    target = neighbour.target(schema)
+    lock = Ledger(schema).publish_lock(LoadKey(target.name, DAY.isoformat(), "any"))
+
+    async def blocked_behind_a_publish() -> tuple[int, dict[str, Any]]:
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", *lock)
+                again = neighbour.start(
+                    dsn=pg_dsn, schema=schema, load_id="d1-again", n=300,
+                    lock_timeout_s=0.5, lock_wait_budget_s=2,
+                )  # fmt: skip
+                done = await asyncio.to_thread(neighbour.outcome, again)
+            return conn.get_server_pid(), done
+        finally:
+            await conn.close()
+
+    holder, done = asyncio.run(blocked_behind_a_publish())
+    assert done["error"] == "PublishBlockedError"
+    assert f"behind pid {holder} (application_name ''" in done["message"]
+    rows = asyncio.run(fetch(pg_dsn, f"SELECT count(*) FROM {target.sql_name}"))
+    assert rows[0][0] == 200
