@@ -41,14 +41,13 @@ from etl_assets.partition_outcomes import (
 )
 from etl_assets.postgres.lease import DEFAULT_LEASE_TTL_S
 from etl_assets.postgres.loader import (
-    DEFAULT_LOCK_WAIT_BUDGET_S,
     LoadReport,
     LoadSettings,
     finished_report,
     load_partition,
     resolve_load_id,
 )
-from etl_assets.postgres.publish import DEFAULT_LOCK_TIMEOUT_S
+from etl_assets.postgres.lock_wait import DEFAULT_LOCK_TIMEOUT_S, DEFAULT_LOCK_WAIT_BUDGET_S
 from etl_assets.postgres.reader import PartitionStream, read_arrow, read_dicts
 from etl_assets.postgres.resource import PostgresResource, run_sync
 from etl_assets.postgres.retry import RetryPolicy

@@ -19,18 +19,16 @@ import time
 from collections.abc import (
     AsyncIterator,
     Awaitable,
-    Callable,
     Iterable,
     Iterator,
     Sequence,
     Sized,
 )
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import asyncpg
 import pydantic
-import stamina
 
 from etl_assets import collector, frames
 from etl_assets.arrow_shaper import ArrowShaper
@@ -42,7 +40,6 @@ from etl_assets.errors import (
     ConfigurationError,
     EtlError,
     FatalError,
-    PublishBlockedError,
     PublishRefusedError,
     RecordError,
 )
@@ -53,6 +50,14 @@ from etl_assets.postgres.housekeeping import abandon_dead_loads
 from etl_assets.postgres.key_digest import KeyDigester
 from etl_assets.postgres.lease import DEFAULT_LEASE_TTL_S, load_lease
 from etl_assets.postgres.ledger import DDL_LOCK, Ledger, LoadKey, LoadStatus, PartitionTotals
+from etl_assets.postgres.lock_wait import (
+    DEFAULT_LOCK_TIMEOUT_S,
+    DEFAULT_LOCK_WAIT_BUDGET_S,
+    LockWait,
+    behind_readers,
+    lock_holders,
+    set_lock_timeout,
+)
 from etl_assets.postgres.privileges import (
     Missing,
     create_schema_if_missing,
@@ -63,16 +68,12 @@ from etl_assets.postgres.privileges import (
     table_use,
 )
 from etl_assets.postgres.publish import (
-    DEFAULT_LOCK_TIMEOUT_S,
-    Blocker,
     StagedPublisher,
     TargetKind,
     audit,
     inspect_target,
-    lock_holders,
     refuse_default_partition_rows,
     refuse_unkeyed_referenced,
-    set_lock_timeout,
 )
 from etl_assets.postgres.retry import RetryPolicy, with_retries
 from etl_assets.postgres.schema_drift import add_missing_columns
@@ -102,7 +103,6 @@ __all__ = [
 ]
 
 Row = tuple[Any, ...]
-T = TypeVar("T")
 
 
 class Shaper(Protocol):
@@ -112,9 +112,6 @@ class Shaper(Protocol):
 
 
 _SAMPLE = 10
-# How long a publish goes on asking for its lock behind readers before it fails, naming
-# them: long enough for a report query or a pg_dump of the table to end.
-DEFAULT_LOCK_WAIT_BUDGET_S = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -468,7 +465,7 @@ async def _prepare(
             async with explained(conn, doing, needs):
                 return await prepare_locked(conn)
         except asyncpg.LockNotAvailableError as exc:  # rolled back: ask who holds the lock
-            raise _LockWait(await lock_holders(conn, target, "AccessExclusiveLock")) from exc
+            raise LockWait(await lock_holders(conn, target, "AccessExclusiveLock")) from exc
 
     async def prepare_locked(
         conn: asyncpg.Connection,
@@ -503,9 +500,10 @@ async def _prepare(
             await ledger.begin_load(conn, key, target.mode.value, publisher.staging_table)
             return kind, types, plan, added
 
-    kind, types, plan, added = await _behind_readers(
-        key, target.name, settings, log, lambda: with_retries(pool, settings.retry, prepare),
-        doing="prepare",
+    kind, types, plan, added = await behind_readers(
+        key, target.name, lambda: with_retries(pool, settings.retry, prepare),
+        doing="prepare", lock_timeout_s=settings.lock_timeout_s,
+        budget_s=settings.lock_wait_budget_s, log=log,
     )  # fmt: skip
     if added:
         log.warning(
@@ -686,13 +684,14 @@ async def _finish(
         try:
             await publisher.publish(conn, kind, totals, settings.lock_timeout_s)
         except asyncpg.LockNotAvailableError as exc:  # rolled back: ask who holds the lock
-            raise _LockWait(await publisher.blockers(conn, kind)) from exc
+            raise LockWait(await publisher.blockers(conn, kind)) from exc
         return totals
 
     try:
-        return await _behind_readers(
-            key, publisher.target.name, settings, log,
-            lambda: with_retries(pool, settings.retry, finish), doing="publish",
+        return await behind_readers(
+            key, publisher.target.name, lambda: with_retries(pool, settings.retry, finish),
+            doing="publish", lock_timeout_s=settings.lock_timeout_s,
+            budget_s=settings.lock_wait_budget_s, log=log,
         )  # fmt: skip
     except RecordError as exc:  # class 22/23 at publish: no record to isolate any more
         raise PublishRefusedError(
@@ -702,71 +701,6 @@ async def _finish(
             "does not have: see the detail, fix the table or the data, and load again",
             sqlstate=exc.sqlstate,
         ) from exc
-
-
-class _LockWait(Exception):  # a signal between attempts, never raised out of the loader
-    """A publish attempt gave up on a lock after ``lock_timeout_s``; who held it."""
-
-    def __init__(self, blockers: list[Blocker]) -> None:
-        super().__init__(blockers)
-        self.blockers = blockers
-
-    def named(self) -> str:
-        held = "; ".join(map(str, self.blockers))
-        return held or "no session now (it ended meanwhile)"
-
-
-async def _behind_readers(
-    key: LoadKey,
-    table: str,
-    settings: LoadSettings,
-    log: Log,
-    attempt: Callable[[], Awaitable[T]],
-    *,
-    doing: str,
-) -> T:
-    """``attempt()`` (``doing``: its name) again after each lock timeout, with backoff
-    and jitter (readers run meanwhile), until ``lock_wait_budget_s`` is spent; each wait
-    logged with the sessions holding the lock.
-
-    stamina bounds it by time alone: the budget is what a user reasons about.
-    """
-    started = time.monotonic()
-    try:
-        async for retry in stamina.retry_context(
-            on=_LockWait, attempts=None, timeout=settings.lock_wait_budget_s,
-            wait_initial=0.5, wait_max=5.0, wait_jitter=0.5,
-        ):  # fmt: skip
-            with retry:
-                try:
-                    return await attempt()
-                except _LockWait as wait:
-                    log.warning(
-                        "%s: %s waited %.1f s for its lock on %s (lock_timeout_s), held by "
-                        "%s; asking again after a pause (%.0f s of lock_wait_budget_s=%g "
-                        "spent)",
-                        key, doing, settings.lock_timeout_s, table, wait.named(),
-                        time.monotonic() - started, settings.lock_wait_budget_s,
-                    )  # fmt: skip
-                    raise
-    except _LockWait as exhausted:  # the budget is spent: the load fails, naming them
-        kept = (
-            "this load's staged rows are kept (re-executing the failed run publishes them "
-            "without loading again)"
-            if doing == "publish"
-            else "no row of this load was written yet"
-        )
-        raise PublishBlockedError(
-            f"{key}: could not {doing}: for {time.monotonic() - started:.0f} s "
-            f"(lock_wait_budget_s={settings.lock_wait_budget_s:g}) every request for the "
-            f"lock on {table} timed out after lock_timeout_s={settings.lock_timeout_s:g} "
-            f"behind {exhausted.named()}. Nothing was published: the partition keeps its "
-            f"last published rows, and {kept}. End or wait out those sessions (a long "
-            "transaction that read the table: SELECT pg_terminate_backend(pid) if it is "
-            "stuck), or raise lock_wait_budget_s",
-            sqlstate="55P03",
-        ) from exhausted
-    raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
 
 
 MARK_FAILED_BUDGET_S = 30.0

@@ -36,12 +36,17 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import re
-from dataclasses import dataclass
 
 import asyncpg
 
 from etl_assets.errors import ConfigurationError, LoadIntegrityError, SchemaChangedError
 from etl_assets.postgres.ledger import Ledger, LoadKey, LoadStatus, PartitionTotals
+from etl_assets.postgres.lock_wait import (
+    DEFAULT_LOCK_TIMEOUT_S,
+    Blocker,
+    lock_holders,
+    set_lock_timeout,
+)
 from etl_assets.postgres.schema_drift import refuse_drift
 from etl_assets.postgres.sql import (
     column_list,
@@ -57,109 +62,16 @@ from etl_assets.postgres.sql import (
 from etl_assets.postgres.target import TableTarget, WriteMode
 
 __all__ = [
-    "DEFAULT_LOCK_TIMEOUT_S",
-    "Blocker",
     "StagedPublisher",
     "TargetKind",
     "audit",
     "inspect_target",
-    "lock_holders",
-    "set_lock_timeout",
     "refuse_default_partition_rows",
     "refuse_unkeyed_referenced",
 ]
 
 
 _DEFERRABLE = re.compile(r"\s+(NOT\s+)?DEFERRABLE(\s+INITIALLY\s+(DEFERRED|IMMEDIATE))?")
-
-
-DEFAULT_LOCK_TIMEOUT_S = 2.0  # a reader queued behind a publish's lock waits at most this
-
-# Which table lock modes a granted mode conflicts with (PostgreSQL's table, "Conflicting
-# Lock Modes"): who blocks the lock a publish asks for.
-_CONFLICTS = {
-    "AccessShareLock": {"AccessExclusiveLock"},
-    "RowShareLock": {"ExclusiveLock", "AccessExclusiveLock"},
-    "RowExclusiveLock": {
-        "ShareLock", "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock",
-    },
-    "ShareUpdateExclusiveLock": {
-        "ShareUpdateExclusiveLock", "ShareLock", "ShareRowExclusiveLock", "ExclusiveLock",
-        "AccessExclusiveLock",
-    },
-    "ShareRowExclusiveLock": {
-        "RowExclusiveLock", "ShareUpdateExclusiveLock", "ShareLock", "ShareRowExclusiveLock",
-        "ExclusiveLock", "AccessExclusiveLock",
-    },
-    "AccessExclusiveLock": {
-        "AccessShareLock", "RowShareLock", "RowExclusiveLock", "ShareUpdateExclusiveLock",
-        "ShareLock", "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock",
-    },
-}  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class Blocker:
-    """A session holding a lock that a publish waited for (from ``pg_stat_activity``)."""
-
-    pid: int
-    application_name: str
-    state: str | None  # None: hidden from this role (pg_read_all_stats shows it)
-    transaction_age_s: float | None
-    query_start: dt.datetime | None
-
-    def __str__(self) -> str:
-        age = "?" if self.transaction_age_s is None else f"{self.transaction_age_s:.0f} s"
-        started = "?" if self.query_start is None else self.query_start.isoformat()
-        return (
-            f"pid {self.pid} (application_name {self.application_name!r}, state "
-            f"{self.state or '?'}, transaction open {age}, query started {started})"
-        )
-
-
-async def lock_holders(
-    conn: asyncpg.Connection,
-    target: TableTarget,
-    wanted: str,
-    advisory: tuple[int, str] | None = None,
-) -> list[Blocker]:
-    """The sessions whose locks on the target (or its partitions) conflict with the mode
-    ``wanted``, and those holding the ``advisory`` lock (class, hashed name: another
-    publish of the partition), oldest transaction first. Asked right after a lock
-    timeout, outside any transaction, they are the sessions ``pg_blocking_pids`` named
-    while it waited.
-    """
-    lock_class, lock_name = advisory if advisory is not None else (None, None)
-    rows = await conn.fetch(
-        """SELECT DISTINCT a.pid, coalesce(a.application_name, '') AS application_name,
-                  a.state, extract(epoch FROM clock_timestamp() - a.xact_start)::float8
-                  AS age, a.query_start, a.xact_start
-           FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-           WHERE l.granted AND l.pid <> pg_backend_pid()
-             AND ((l.mode = ANY($2::text[])
-                   AND l.relation IN (SELECT $1::regclass UNION ALL
-                                      SELECT inhrelid FROM pg_inherits
-                                      WHERE inhparent = $1::regclass))
-                  OR (l.locktype = 'advisory' AND l.objsubid = 2
-                      AND l.classid::bigint = $3::bigint
-                      AND l.objid::bigint = (hashtext($4::text)::bigint & 4294967295)))
-           ORDER BY a.xact_start NULLS LAST, a.pid""",
-        target.sql_name,
-        sorted(_CONFLICTS[wanted]),
-        lock_class,
-        lock_name,
-    )
-    return [
-        Blocker(r["pid"], r["application_name"], r["state"], r["age"], r["query_start"])
-        for r in rows
-    ]
-
-
-async def set_lock_timeout(conn: asyncpg.Connection, lock_timeout_s: float) -> None:
-    """For the rest of the transaction: a lock request gives up after ``lock_timeout_s``."""
-    await conn.execute(
-        "SELECT set_config('lock_timeout', $1, true)", f"{round(lock_timeout_s * 1000)}ms"
-    )
 
 
 def _column_change(row: asyncpg.Record) -> str | None:
