@@ -122,10 +122,12 @@ class PostgresLoadComponent(dg.Component, dg.Resolvable):
         source = fields.function("source", self.source)
         table = fields.table(self.table, self.load_settings or LoadOptions(), model)
         partitions_def = fields.partitions(self.partitions)
-        for name, least in (("lease_ttl_s", 1.0), ("lock_timeout_s", 0.001)):
+        for name, least, example in (("lease_ttl_s", 1.0, 120), ("lock_timeout_s", 0.001, 2)):
             value = getattr(self.load_settings, name, None)
             if value is not None and value < least:
-                fields.refuse(f"load_settings.{name}", f"{value} is below {least:g}", "e.g. 120")
+                fields.refuse(
+                    f"load_settings.{name}", f"{value} is below {least:g}", f"e.g. {example}"
+                )
         budget = getattr(self.load_settings, "lock_wait_budget_s", None)
         if budget is not None and budget < 0:
             fields.refuse("load_settings.lock_wait_budget_s", f"{budget} is negative", "e.g. 300")
