@@ -13,14 +13,12 @@ from typing import Any
 import asyncpg
 import pytest
 
-from etl_assets.postgres.housekeeping import cleanup
 from etl_assets.postgres.ledger import Ledger, LoadKey
-from etl_assets.postgres.resource import PostgresResource
-from etl_assets.postgres.retry import RetryPolicy
 from etl_assets.postgres.sql import qualified
 from etl_assets.postgres.target import SchemaChange, columns_from_model
 from etl_assets_tests.postgres import neighbour
 from etl_assets_tests.postgres.helpers import DAY, Event, fetch, load, partition_audit
+from etl_assets_tests.postgres.test_lease import abandoned_by_cleanup
 
 STATS: dict[str, float] = {}  # the figures of the neighbour tests, printed with -s
 BAD = [3, 17, 42, 61, 99]  # all in the first batch of 100: committed while the load runs
@@ -318,17 +316,6 @@ def test_a_publish_whose_lock_budget_runs_out_behind_a_reader_fails_naming_it(
     assert kept[0][0] == 700
 
 
-def cleanup_abandons(dsn: str, schema: str) -> list[str]:
-    """A routine ``etl-assets-dead-letters cleanup``: the loads it took as dead."""
-
-    async def clean() -> list[str]:
-        async with PostgresResource(dsn=dsn).pool() as pool:
-            report = await cleanup(pool, Ledger(schema), RetryPolicy())
-        return [load.key.load_id for load in report.abandoned]
-
-    return asyncio.run(clean())
-
-
 @pytest.mark.timeout(480)
 def test_slow_sources_keep_their_leases_while_cleanup_runs_every_10_s(
     pg_dsn: str, bouncer_transaction: str, schema: str
@@ -350,7 +337,7 @@ def test_slow_sources_keep_their_leases_while_cleanup_runs_every_10_s(
     try:
         while steady.poll() is None or sleeper.poll() is None:
             assert time.monotonic() - began < 420, "the slow loads did not end in 7 minutes"
-            abandoned += cleanup_abandons(pg_dsn, schema)
+            abandoned += abandoned_by_cleanup(pg_dsn, schema)
             if not second and time.monotonic() - began > 30:  # inside the sleeper's pause
                 assert load_status(pg_dsn, schema, "sleeper") == "loading"
                 second = neighbour.outcome(
